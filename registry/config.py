@@ -1,0 +1,74 @@
+"""One settings object. Every environment variable modeldepot reads is read here, once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("modeldepot", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the depot lives and how it talks to the outside world."""
+
+    home: Path
+    db_url: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = field(default=None, repr=False)
+    offline: bool = False
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        home = env.get("MODELDEPOT_HOME")
+        values = dict(
+            home=Path(home).expanduser() if home else default_home(),
+            db_url=env.get("MODELDEPOT_DB_URL") or None,
+            endpoint=(env.get("MODELDEPOT_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            token=env.get("MODELDEPOT_TOKEN") or env.get("HF_TOKEN") or None,
+            offline=_truthy(env.get("MODELDEPOT_OFFLINE")),
+            debug=_truthy(env.get("MODELDEPOT_DEBUG")),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values["home"], str):
+            values["home"] = Path(values["home"]).expanduser()
+        values["home"] = Path(values["home"]).absolute()
+        values["endpoint"] = values["endpoint"].rstrip("/")
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.home / 'depot.db'}"
+
+    @property
+    def hub_cache(self) -> Path:
+        """The HF-cache-shaped view (what HF_HUB_CACHE should point at)."""
+        return self.home / "hub"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs" / "sha256"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"

@@ -1,0 +1,163 @@
+"""Engine and session factory, SQLite pragmas, and migrate-on-open.
+
+This is the only module that knows about SQLite specifics; everything else speaks plain
+SQLAlchemy so that the same code runs against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import Settings
+from .errors import SchemaError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # pysqlite's default deferred BEGIN makes a reader that later writes fail with
+    # "database is locked" without waiting; BEGIN IMMEDIATE takes the write lock up front and
+    # honours busy_timeout, which is what several processes sharing one depot need.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def alembic_config(url: str, connection: Connection | None = None):
+    """An Alembic config built in code from the package location (works from a wheel)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise SchemaError(f"migrations have {len(heads)} heads; expected exactly one")
+    return heads[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {s.revision for s in script.walk_revisions()}
+
+
+def schema_status(engine: Engine) -> dict:
+    current = current_revision(engine)
+    head = head_revision()
+    return {
+        "current": current,
+        "head": head,
+        "up_to_date": current == head,
+        "newer_than_code": current is not None and current not in known_revisions(),
+    }
+
+
+def upgrade(engine: Engine, url: str) -> None:
+    from alembic import command
+
+    status = schema_status(engine)
+    if status["newer_than_code"]:
+        raise SchemaError(
+            f"the registry database is at schema {status['current']}, newer than this modeldepot "
+            f"knows (head {status['head']}); upgrade modeldepot instead of using this version"
+        )
+    if status["up_to_date"]:
+        return
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(url, conn), "head")
+
+
+class Database:
+    """The registry database of one depot: an engine plus sessions, migrated on first use."""
+
+    def __init__(self, settings: Settings, migrate: bool = True):
+        self.settings = settings
+        self.url = settings.database_url
+        if self.url.startswith("sqlite:///"):
+            Path(self.url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        with _engines_lock:
+            engine = _engines.get(self.url)
+            if engine is None:
+                engine = _engines[self.url] = make_engine(self.url)
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        if migrate:
+            self.ensure_schema()
+
+    def ensure_schema(self) -> None:
+        """Upgrade to head under an inter-process lock; refuse a database newer than the code."""
+        from .store import file_lock
+
+        status = schema_status(self.engine)
+        if status["up_to_date"]:
+            return
+        with file_lock(self.settings.locks_dir / "migrate.lock"):
+            upgrade(self.engine, self.url)
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction; committed on success, rolled back on error."""
+        with self.engine.connect() as conn:
+            conn.info["write"] = write
+            try:
+                with Session(bind=conn, expire_on_commit=False) as session:
+                    with session.begin():
+                        yield session
+            finally:
+                conn.info["write"] = False
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+    def dispose(self) -> None:
+        with _engines_lock:
+            _engines.pop(self.url, None)
+        self.engine.dispose()

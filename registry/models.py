@@ -1,0 +1,213 @@
+"""The registry schema: SQLAlchemy 2.0 typed ORM models.
+
+Schema changes go through Alembic only (``migrations/``); ``tests/test_schema.py`` fails when the
+models and the migrations drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+REPO_TYPES = ("model", "dataset")
+
+
+class Repo(Base):
+    """A model or dataset repository, with the upstream metadata recorded at mirror time."""
+
+    __tablename__ = "repos"
+    __table_args__ = (
+        UniqueConstraint("type", "name", name="uq_repos_type_name"),
+        Index("ix_repos_pipeline_tag_name", "pipeline_tag", "name"),
+        Index("ix_repos_author_name", "author", "name"),
+        Index("ix_repos_downloads", "downloads"),
+        Index("ix_repos_updated_at", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), default="model")
+    # "org/name" or a bare canonical "name"
+    name: Mapped[str] = mapped_column(String(200))
+    author: Mapped[Optional[str]] = mapped_column(String(100))
+    pipeline_tag: Mapped[Optional[str]] = mapped_column(String(64))
+    library_name: Mapped[Optional[str]] = mapped_column(String(64))
+    license: Mapped[Optional[str]] = mapped_column(String(64))
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    gated: Mapped[Optional[str]] = mapped_column(String(16))  # None/"auto"/"manual"
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    card_data: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    # Free-form upstream metadata (config, transformersInfo, architectures, ...).
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    downloads: Mapped[Optional[int]] = mapped_column(BigInteger)
+    likes: Mapped[Optional[int]] = mapped_column(Integer)
+    upstream_last_modified: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    upstream_created_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    source: Mapped[Optional[str]] = mapped_column(String(500))  # endpoint or "local"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    revisions: Mapped[list["Revision"]] = relationship(
+        back_populates="repo", cascade="all, delete-orphan", passive_deletes=True
+    )
+    refs: Mapped[list["Ref"]] = relationship(
+        back_populates="repo", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def display(self) -> str:
+        return self.name if self.type == "model" else f"{self.type}s/{self.name}"
+
+
+class Revision(Base):
+    """One commit of a repo. Visible only once ``complete`` is true."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("repo_id", "commit", name="uq_revisions_repo_id_commit"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
+    commit: Mapped[str] = mapped_column(String(40), index=True)
+    parent_commit: Mapped[Optional[str]] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(16))  # import / pull / bundle / derived
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    repo: Mapped[Repo] = relationship(back_populates="revisions")
+    files: Mapped[list["File"]] = relationship(
+        back_populates="revision",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="File.path",
+    )
+    artifact: Mapped[Optional["Artifact"]] = relationship(
+        back_populates="revision", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+REF_KINDS = ("branch", "tag", "alias")
+
+
+class Ref(Base):
+    """A name pointing at a commit: upstream branch or tag, or a registry alias such as ``prod``."""
+
+    __tablename__ = "refs"
+    __table_args__ = (UniqueConstraint("repo_id", "name", name="uq_refs_repo_id_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="branch")
+    commit: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    repo: Mapped[Repo] = relationship(back_populates="refs")
+
+
+class Blob(Base):
+    """Content stored once in ``blobs/sha256/``, whatever refers to it."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class File(Base):
+    """One path in one revision, with the hashes the Hub protocol needs."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("revision_id", "path", name="uq_files_revision_id_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision_id: Mapped[int] = mapped_column(
+        ForeignKey("revisions.id", ondelete="CASCADE"), index=True
+    )
+    path: Mapped[str] = mapped_column(String(1000))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    git_sha1: Mapped[str] = mapped_column(String(40))
+    lfs: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How the hashes were established: "verified" (checked against upstream), "computed"
+    # (upstream gave none to check against; we hashed what we received), "local" (imported).
+    verification: Mapped[str] = mapped_column(String(16), default="local")
+
+    revision: Mapped[Revision] = relationship(back_populates="files")
+
+
+class Artifact(Base):
+    """The recipe of a derived revision (ONNX export, quantization, ...)."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision_id: Mapped[int] = mapped_column(
+        ForeignKey("revisions.id", ondelete="CASCADE"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))  # "onnx"
+    parent_commit: Mapped[str] = mapped_column(String(40))
+    recipe_key: Mapped[str] = mapped_column(String(64), index=True)
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    revision: Mapped[Revision] = relationship(back_populates="artifact")
+
+
+class Event(Base):
+    """Append-only audit log."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))
+    repo: Mapped[Optional[str]] = mapped_column(String(220))
+    commit: Mapped[Optional[str]] = mapped_column(String(40))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    message: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class DepotInfo(Base):
+    """Key/value facts about this depot (its stable id, for bundles)."""
+
+    __tablename__ = "depot_info"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))

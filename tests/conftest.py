@@ -1,0 +1,149 @@
+"""One place isolates everything: the home dir, HF caches, tokens, colours, and the network.
+
+Every test runs with a fresh MODELDEPOT_HOME under tmp_path, no token, and a socket guard that
+refuses (and logs) any non-loopback connection, in this process and in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from registry import netguard
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD_DIR = Path(__file__).resolve().parent / "guard"
+
+# Set before transformers / huggingface_hub are imported anywhere in the test session.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def socket_guard(tmp_path_factory):
+    log = tmp_path_factory.mktemp("guard") / "connections.log"
+    log.touch()
+    os.environ["MODELDEPOT_SOCKET_GUARD"] = "1"
+    os.environ["MODELDEPOT_SOCKET_GUARD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(GUARD_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    netguard.install()
+    yield log
+
+
+@pytest.fixture
+def guard_log(socket_guard):
+    """The socket guard's log; a test can assert it stayed empty."""
+    start = socket_guard.stat().st_size
+
+    def read() -> str:
+        with open(socket_guard) as f:
+            f.seek(start)
+            return f.read()
+
+    return read
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELDEPOT_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    for var in ("MODELDEPOT_DB_URL", "MODELDEPOT_ENDPOINT", "MODELDEPOT_TOKEN", "HF_TOKEN",
+                "MODELDEPOT_DEBUG", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
+                "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def home(isolated) -> Path:
+    return isolated
+
+
+@pytest.fixture
+def settings(home):
+    from registry.config import Settings
+
+    return Settings.from_env()
+
+
+@pytest.fixture
+def depot(settings):
+    from registry.depot import Depot
+
+    return Depot(settings)
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process: cli("list", "--json") -> click Result."""
+    from cli import main
+
+    runner = CliRunner()
+
+    def run(*args, input=None, env=None):
+        return runner.invoke(main, [str(a) for a in args], input=input, env=env,
+                             catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def cli_subprocess(home):
+    """Run the real console script in a subprocess (for kill tests and the offline guard)."""
+
+    def run(*args, env=None, timeout=300, **kwargs):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *map(str, args)],
+            capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT, **kwargs,
+        )
+
+    return run
+
+
+class ModelFactory:
+    """Tiny models built once per test session and shared (treat them as read-only)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[str, Path] = {}
+
+    def get(self, kind: str) -> Path:
+        if kind not in self._built:
+            from registry import samples
+
+            out = self.root / kind
+            builders = {
+                "classifier": lambda: samples.bert_model(out, "sequence-classification",
+                                                         card={"license": "mit", "tags": ["test"]}),
+                "classifier2": lambda: samples.bert_model(out, "sequence-classification", seed=1),
+                "ner": lambda: samples.bert_model(out, "token-classification"),
+                "qa": lambda: samples.bert_model(out, "question-answering"),
+                "fill-mask": lambda: samples.bert_model(out, "masked-lm"),
+                "encoder": lambda: samples.bert_model(out, "base"),
+                "embedder": lambda: samples.sentence_transformer(out),
+                "gpt2": lambda: samples.gpt2_model(out),
+                "bart": lambda: samples.bart_model(out),
+            }
+            builders[kind]()
+            self._built[kind] = out
+        return self._built[kind]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> ModelFactory:
+    return ModelFactory(tmp_path_factory.mktemp("models"))
