@@ -1,0 +1,41 @@
+"""`modeldepot serve`: the Hub-compatible endpoint and the inference API in one process."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import pass_app
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0 picks a free one).")
+@click.option("--public-url", help="Base URL clients reach this server at (for Link headers).")
+@click.option("--no-hub-api", is_flag=True, help="Serve only the inference API.")
+@click.option("--no-inference", is_flag=True, help="Serve only the Hub API.")
+@click.option("--models", "preload", multiple=True, metavar="REPO[@REV]",
+              help="Load these models at start-up (repeatable).")
+@click.option("--only-registered", is_flag=True,
+              help="Refuse inference for repos that are not in the registry.")
+@click.option("--memory-budget-mb", type=click.IntRange(min=1),
+              help="Unload least recently used models beyond this much memory.")
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0))
+@pass_app
+def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, preload, only_registered,
+              memory_budget_mb, max_batch_size, max_wait_ms):
+    """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
+    from ..server.run import serve
+    from ..server.app import ServeOptions
+
+    options = ServeOptions(
+        hub_api=not no_hub_api, inference=not no_inference, preload=list(preload),
+        only_registered=only_registered, memory_budget_mb=memory_budget_mb,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
+    )
+    serve(app.settings, options, host=host, port=port)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve_cmd)

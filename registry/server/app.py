@@ -1,0 +1,52 @@
+"""The app factory. Each route family lives in its own module with a ``setup(app)`` function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..config import Settings
+from ..depot import Depot
+
+SETTINGS = web.AppKey("settings", Settings)
+DEPOT = web.AppKey("depot", Depot)
+OPTIONS = web.AppKey("options", object)
+
+
+@dataclass
+class ServeOptions:
+    """What `modeldepot serve` was asked for; each route family reads its own part."""
+
+    hub_api: bool = True
+    inference: bool = True
+    # inference options (see registry/server/inference_api.py)
+    preload: list[str] = field(default_factory=list)
+    only_registered: bool = False
+    memory_budget_mb: int | None = None
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    # the base URL clients use, for absolute Link headers; None: taken from each request
+    public_url: str | None = None
+
+
+def create_app(settings: Settings, options: ServeOptions | None = None) -> web.Application:
+    options = options or ServeOptions()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[DEPOT] = Depot(settings)
+    app[OPTIONS] = options
+    from . import ops
+
+    ops.setup(app)
+    if options.inference:
+        from . import inference_api
+
+        inference_api.setup(app)
+    if options.hub_api:
+        # Last: its /{repo}/resolve/... routes are the most general.
+        from . import hub_api
+
+        hub_api.setup(app)
+    return app
