@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from .config import Settings
 from .db import Database
+from .faults import failpoint
 from .errors import Conflict, IntegrityError, InvalidInput, RepoNotFound, RevisionNotFound
 from .models import Artifact, Blob, DepotInfo, Event, File, Ref, Repo, Revision, utcnow
 from .naming import (
@@ -173,9 +174,13 @@ class Depot:
         size = sum(f.size for f in files)
 
         with self.store.repo_lock(repo_type, name):
+            if self._already_published(repo_type, name, commit, refs):
+                return PublishResult(repo=name, repo_type=repo_type, commit=commit, created=False,
+                                     refs=[r for r, _ in refs], size=size, file_count=len(files))
             self.store.publish_snapshot(
                 repo_type, name, commit, [(f.path, f.sha256, f.git_sha1, f.lfs) for f in files]
             )
+            failpoint("publish:after-snapshot")
             with self.blobs_lock():
                 for f in files:
                     if not self.store.has_blob(f.sha256, f.size):
@@ -199,6 +204,7 @@ class Depot:
                         size=size,
                         event_details=event_details or {},
                     )
+                    failpoint("publish:before-commit")
             for ref, _kind in refs:
                 self.store.write_ref(repo_type, name, ref, commit)
         return PublishResult(
@@ -209,6 +215,24 @@ class Depot:
             refs=[r for r, _ in refs],
             size=size,
             file_count=len(files),
+        )
+
+    def _already_published(self, repo_type, name, commit, refs) -> bool:
+        """True when the revision is complete and every ref already points at it (a no-op)."""
+        with self.db.session() as s:
+            repo = s.scalar(select(Repo).where(Repo.type == repo_type, Repo.name == name))
+            if repo is None:
+                return False
+            rev = s.scalar(select(Revision).where(Revision.repo_id == repo.id,
+                                                  Revision.commit == commit))
+            if rev is None or not rev.complete:
+                return False
+            current = {r.name: r.commit for r in repo.refs}
+            if any(current.get(ref) != commit for ref, _ in refs):
+                return False
+        snapshot = self.snapshot_dir(repo_type, name, commit)
+        return snapshot.is_dir() and all(
+            (self.store.repo_dir(repo_type, name) / "refs" / ref).is_file() for ref, _ in refs
         )
 
     def _record(self, s: Session, *, repo_type, name, commit, files, source, refs, parent_commit,
@@ -575,18 +599,19 @@ class Depot:
                     if r.id not in doomed_ids
                     for f in r.files
                 }
-                for r in doomed:
-                    s.delete(r)
-                for ref in list(repo.refs):
-                    if ref.commit in doomed_commits:
-                        s.delete(ref)
+                if whole:
+                    s.delete(repo)  # cascades to its revisions, files and refs
+                else:
+                    for r in doomed:
+                        s.delete(r)
+                    for ref in list(repo.refs):
+                        if ref.commit in doomed_commits:
+                            s.delete(ref)
                 s.flush()
                 if freed:
                     s.execute(delete(Blob).where(Blob.sha256.in_(freed)))
                 self.log_event(s, "rm", repo=repo.display, commit=None if whole else doomed[0].commit,
                                revisions=sorted(doomed_commits), bytes_freed=freed_bytes)
-                if whole:
-                    s.delete(repo)
             # The registry no longer points at these; now the files can go.
             for commit in doomed_commits:
                 self.store.remove_snapshot(repo_type, name, commit)

@@ -12,6 +12,7 @@ from typing import Callable
 
 from .depot import Depot, FileRecord, PublishResult, compute_commit
 from .errors import InvalidInput
+from .faults import failpoint
 from .naming import validate_ref_name, validate_repo_id, validate_repo_type
 from .store import check_relpath
 
@@ -221,6 +222,7 @@ def import_dir(
         d = depot.store.ingest_file(full, label=rel)
         if progress:
             progress(d.size)
+        failpoint("import:after-file")
         return FileRecord(rel, d.size, d.sha256, d.git_sha1, is_lfs(rel, d.size), "local")
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
