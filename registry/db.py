@@ -19,6 +19,9 @@ from .config import Settings
 from .errors import SchemaError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The newest migration. Checked against migrations/ by tests/test_schema.py; knowing it here lets
+# an up-to-date depot open without importing Alembic (start-up time of every command).
+SCHEMA_HEAD = "0001"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _engines: dict[str, Engine] = {}
@@ -136,11 +139,20 @@ class Database:
         """Upgrade to head under an inter-process lock; refuse a database newer than the code."""
         from .store import file_lock
 
+        if self._stored_version() == SCHEMA_HEAD:
+            return
         status = schema_status(self.engine)
         if status["up_to_date"]:
             return
         with file_lock(self.settings.locks_dir / "migrate.lock"):
             upgrade(self.engine, self.url)
+
+    def _stored_version(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except Exception:  # no table yet (blank database): let Alembic decide
+            return None
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from registry import dbtool
-from registry.db import Database, head_revision, schema_status
+from registry.db import SCHEMA_HEAD, Database, head_revision, schema_status
 from registry.errors import SchemaError
 
 SNAPSHOT = Path(__file__).parent / "schema.sql"
@@ -20,6 +20,8 @@ REGENERATE = ".venv/bin/python -m registry.dbtool schema > tests/schema.sql"
 
 def test_single_head():
     assert head_revision() == "0001"
+    # the fast path of Database.ensure_schema relies on this constant
+    assert head_revision() == SCHEMA_HEAD
 
 
 def test_blank_database_upgrades_without_drift(tmp_path):
