@@ -213,6 +213,10 @@ def import_dir(
     entries = scan_dir(src)
     paths = [rel for rel, _ in entries]
     check_content(paths, repo_type, src)
+    if repo_type == "dataset":
+        from .dataset import validate_data_files
+
+        validate_data_files(src, paths)
     if validate is not None:
         validate(src, paths)
     fields, meta = describe(src, paths, repo_type)
