@@ -103,26 +103,33 @@ def open_dataset(depot: Depot, name: str, rev: str | None = None) -> DatasetRepo
 
 def discover(snapshot: Path, label: str | None = None) -> list[DataConfig]:
     """The configs of a dataset directory, by the rules ``datasets.load_dataset`` applies."""
+    from datasets import DownloadConfig
+    from datasets.data_files import DataFilesPatternsDict
     from datasets.exceptions import DataFilesNotFoundError
     from datasets.load import LocalDatasetModuleFactory
 
     label = label or str(snapshot)
     try:
         module = LocalDatasetModuleFactory(str(snapshot)).get_module()
-    except (DataFilesNotFoundError, FileNotFoundError):
+        params = module.builder_configs_parameters
+        for bc in params.builder_configs or []:
+            # Configs from the card hold glob patterns until a builder resolves them.
+            if isinstance(bc.data_files, DataFilesPatternsDict):
+                base = str(snapshot / bc.data_dir) if bc.data_dir else str(snapshot)
+                bc.data_files = bc.data_files.resolve(base, DownloadConfig())
+    except (DataFilesNotFoundError, FileNotFoundError) as e:
         raise NotFound(
-            f"{label} has no data files that 'datasets' can load (parquet, CSV, JSON lines...)"
+            f"{label} has no data files that 'datasets' can load ({_one_line(e)})"
         ) from None
     except ValueError as e:  # mixed formats across splits, bad card configs
         raise InvalidInput(f"cannot read the data layout of {label}: {_one_line(e)}") from None
-    params = module.builder_configs_parameters
     module_name = module.module_path.rsplit(".", 1)[-1]
     default_name = params.default_config_name
-    root = snapshot.resolve().as_posix().rstrip("/") + "/"
+    roots = {str(snapshot).rstrip("/") + "/", snapshot.resolve().as_posix().rstrip("/") + "/"}
     configs = []
     for bc in params.builder_configs or []:
         splits = {
-            str(split): [_relative(str(p), root) for p in files]
+            str(split): [_relative(str(p), roots) for p in files]
             for split, files in (bc.data_files or {}).items()
         }
         options = {k: getattr(bc, k) for k in ("sep", "delimiter", "field")
@@ -143,11 +150,14 @@ def discover(snapshot: Path, label: str | None = None) -> list[DataConfig]:
     return configs
 
 
-def _relative(path: str, root: str) -> str:
+def _relative(path: str, roots: set[str]) -> str:
     path = path.split("::", 1)[0]
     if path.startswith("file://"):
         path = path[len("file://"):]
-    return path[len(root):] if path.startswith(root) else path
+    for root in roots:
+        if path.startswith(root):
+            return path[len(root):]
+    return path
 
 
 # -- reading with pyarrow ---------------------------------------------------------------------
@@ -577,9 +587,10 @@ class _Parser:
                 break
             values.append(self.literal(name))
         self.expect("op", ")", "')' to close the list")
-        # EMIT_NULL: a null value is neither in nor out of the list, as with ==.
-        return pc.is_in(pc.field(name), value_set=pa.array(values),
-                        null_matching_behavior="EMIT_NULL")
+        col = pc.field(name)
+        # A null value is neither in nor out of the list (as with ==), so 'not in' skips it too.
+        return pc.if_else(col.is_valid(), pc.is_in(col, value_set=pa.array(values)),
+                          pa.scalar(None, pa.bool_()))
 
     def literal(self, name: str):
         """The next token as a scalar of a type the column can be compared with."""
