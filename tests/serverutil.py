@@ -9,11 +9,13 @@ test process's environment (so the socket guard on PYTHONPATH applies to it too)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -105,3 +107,66 @@ def server_log(home: Path, url: str) -> str:
     port = url.rsplit(":", 1)[1]
     path = Path(home).parent / f"serve-{port}.log"
     return path.read_text() if path.exists() else ""
+
+
+class AppServer:
+    """An aiohttp app served from a background thread on a loopback port, for in-process tests.
+
+    ``stop_listening()`` / ``listen()`` close and reopen the listening socket on the same port
+    (an upstream that dies and comes back); ``close()`` shuts everything down.
+    """
+
+    def __init__(self, app, port: int | None = None):
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runner = None
+        self._site = None
+        self._call(self._setup())
+        self.listen()
+
+    def _call(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _setup(self) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+
+    async def _listen(self) -> None:
+        from aiohttp import web
+
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await self._site.start()
+
+    async def _stop_listening(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    def listen(self) -> None:
+        self._call(self._listen())
+
+    def stop_listening(self) -> None:
+        """Refuse new connections from now on (safe to call from a request handler's loop)."""
+        if threading.get_ident() == self._thread.ident:
+            asyncio.ensure_future(self._stop_listening(), loop=self.loop)
+        else:
+            self._call(self._stop_listening())
+
+    def close(self) -> None:
+        try:
+            self._call(self._runner.cleanup())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "AppServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -638,6 +638,8 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path
     repo_type, targets = parse_resolve(raw.lstrip("/"))
     if not targets:
+        if "/resolve/" in raw.split("?", 1)[0]:
+            return error_response(RepoNotFound("not a valid repo id: use org/name"))
         raise web.HTTPNotFound()
     depot: Depot = request.app[DEPOT]
     try:
