@@ -469,6 +469,7 @@ class _Puller:
     def download(self, f: UpstreamFile) -> Digest:
         """Fetch ``f`` into the store (resuming a partial file), verified; its digest."""
         import requests
+        import urllib3
 
         self.store.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.temp_name(f)
@@ -488,7 +489,7 @@ class _Puller:
                     break
                 except (requests.ConnectionError, requests.Timeout, _Truncated,
                         requests.exceptions.ChunkedEncodingError,
-                        requests.exceptions.ContentDecodingError) as e:
+                        urllib3.exceptions.HTTPError) as e:
                     after = tmp.stat().st_size if tmp.exists() else 0
                     stalled = 0 if after > before else stalled + 1
                     if stalled >= MAX_STALLED_TRIES:
@@ -535,11 +536,11 @@ class _Puller:
                 hasher = Hasher(f.size) if f.size is not None else None
             got = have
             with open(tmp, mode) as out:
-                for chunk in r.iter_content(chunk_size=CHUNK):
+                # read1 hands over what has arrived; a read of a fixed size would lose the bytes
+                # it had buffered when the connection drops, and a resume could not start there.
+                while chunk := r.raw.read1(CHUNK, decode_content=False):
                     if self.cancelled.is_set():
                         raise _Cancelled()
-                    if not chunk:
-                        continue
                     out.write(chunk)
                     if hasher is not None:
                         hasher.update(chunk)
