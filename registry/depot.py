@@ -746,6 +746,9 @@ class Depot:
                     q = q.where(Revision.id == revision.id)
             elif repo_type:
                 q = q.where(Repo.type == repo_type)
+            elif expected:
+                # Re-hash only what the lockfile pins, not the whole depot.
+                q = q.where(Revision.commit.in_({e["commit"] for e in expected}))
             users: dict[str, list[tuple[str, str, str, str, str, bool, int]]] = {}
             for repo, revision, f in s.execute(q):
                 users.setdefault(f.sha256, []).append(
@@ -756,8 +759,8 @@ class Depot:
                 for f in entry["files"]:
                     key = f["sha256"]
                     users.setdefault(key, [])
-                    if not any(u[1] == entry["repo"] and u[2] == entry["commit"] and u[3] == f["path"]
-                               for u in users[key]):
+                    if not any(u[0] == entry.get("type", "model") and u[1] == entry["repo"]
+                               and u[2] == entry["commit"] and u[3] == f["path"] for u in users[key]):
                         problems.append({"problem": "not registered", "repo": entry["repo"],
                                          "commit": entry["commit"], "path": f["path"]})
 

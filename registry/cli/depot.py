@@ -221,14 +221,23 @@ def du_cmd(app, as_json):
 
 @click.command("verify")
 @click.argument("spec", metavar="[REPO[@REV]]", required=False)
+@click.option("--lock", "lockfile", metavar="FILE",
+              help="Prove the depot holds every file this lockfile pins (re-hashes those).")
 @repo_type_option
 @json_option
 @pass_app
-def verify_cmd(app, spec, repo_type, as_json):
+def verify_cmd(app, spec, lockfile, repo_type, as_json):
     """Re-hash stored files offline against the registry. Exits 1 if anything is wrong."""
+    if lockfile and spec:
+        raise click.UsageError("give REPO[@REV] or --lock FILE, not both")
     s = parse_spec_arg(spec) if spec else None
+    expected = None
+    if lockfile:
+        from ..lockfile import expected_files, read_lock
+
+        expected = expected_files(read_lock(lockfile))
     result = app.depot.verify(repo_type if s else None, s.name if s else None,
-                              s.revision if s else None)
+                              s.revision if s else None, expected=expected)
     if as_json:
         emit_json(result)
     else:
