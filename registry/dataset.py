@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ class DatasetRepo:
     commit: str
     snapshot: Path
     configs: list[DataConfig]
+    sizes: dict[str, int]  # every file of the revision: path -> bytes
 
     def config(self, name: str | None) -> DataConfig:
         if name is None:
@@ -67,7 +69,7 @@ class DatasetRepo:
         )
 
     def split(self, config: DataConfig, split: str | None) -> str:
-        if split is None:
+        if split is None and config.splits:
             return "train" if "train" in config.splits else next(iter(config.splits))
         if split not in config.splits:
             raise NotFound(
@@ -98,7 +100,8 @@ def open_dataset(depot: Depot, name: str, rev: str | None = None) -> DatasetRepo
             f"(see 'modeldepot show {name}')"
         ) from None
     snapshot = Path(resolved["snapshot"])
-    return DatasetRepo(name, resolved["commit"], snapshot, discover(snapshot, label=name))
+    return DatasetRepo(name, resolved["commit"], snapshot, discover(snapshot, label=name),
+                       {f["path"]: f["size"] for f in resolved["files"]})
 
 
 def discover(snapshot: Path, label: str | None = None) -> list[DataConfig]:
@@ -251,8 +254,15 @@ def _features(config: DataConfig, schema):
     return Features.from_arrow_schema(schema)
 
 
-def _arrow_error(repo: DatasetRepo, e: Exception) -> InvalidInput:
-    return InvalidInput(f"cannot read {repo.name}@{repo.commit[:12]}: {_one_line(e)}")
+@contextmanager
+def _reading(repo: DatasetRepo):
+    """Errors from the data itself (damaged file, type clash, bad regex) as one line."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise InvalidInput(f"cannot read {repo.name}@{repo.commit[:12]}: {_one_line(e)}") from None
 
 
 def _one_line(e: Exception) -> str:
@@ -286,23 +296,18 @@ def _row_count(repo: DatasetRepo, config: DataConfig, split: str, dataset) -> in
 
 def dataset_info(depot: Depot, name: str, rev: str | None = None) -> dict:
     """Configs, splits (files, row counts, sizes), columns and types, and the card's text."""
-    import pyarrow as pa
-
     repo = open_dataset(depot, name, rev)
-    sizes = {f["path"]: f["size"] for f in depot.resolve("dataset", name, repo.commit)["files"]}
     card, description = read_description(repo.snapshot)
     configs = []
     for config in repo.configs:
         splits, schema = [], None
         for split, paths in config.splits.items():
-            try:
+            with _reading(repo):
                 dataset = arrow_dataset(repo, config, split)
                 schema = schema or dataset.schema
                 rows = _row_count(repo, config, split, dataset)
-            except (pa.ArrowException, OSError) as e:
-                raise _arrow_error(repo, e) from None
             splits.append({"name": split, "rows": rows,
-                           "size": sum(sizes.get(p, 0) for p in paths), "files": paths})
+                           "size": sum(repo.sizes.get(p, 0) for p in paths), "files": paths})
         features = _features(config, schema)
         configs.append({
             "name": config.name,
@@ -320,7 +325,7 @@ def dataset_info(depot: Depot, name: str, rev: str | None = None) -> dict:
         "commit": repo.commit,
         "license": card.get("license") if isinstance(card.get("license"), str) else None,
         "description": description[:2000],
-        "size": sum(sizes.values()),
+        "size": sum(repo.sizes.values()),
         "configs": configs,
     }
 
@@ -341,25 +346,20 @@ def head(
 ) -> dict:
     """The first ``limit`` rows of a split (all matching rows when ``limit`` is None) whose
     values satisfy ``where``, read offline from the depot's snapshot."""
-    import pyarrow as pa
-
     if limit is not None and limit < 0:
         raise InvalidInput("-n must be 0 or more")
     repo = open_dataset(depot, name, rev)
     cfg = repo.config(config)
     split = repo.split(cfg, split)
-    try:
+    with _reading(repo):
         dataset = arrow_dataset(repo, cfg, split)
         schema = dataset.schema
-    except (pa.ArrowException, OSError) as e:
-        raise _arrow_error(repo, e) from None
-    where_label = f" ({split})"
-    if columns:
-        for c in columns:
-            _check_column(c, schema, repo.name + where_label)
+    label = f"{repo.name} ({split})"
+    for c in columns or []:
+        _check_column(c, schema, label)
     features = _features(cfg, schema)
-    expr = compile_where(where, schema, features, repo.name + where_label) if where else None
-    try:
+    expr = compile_where(where, schema, features, label) if where else None
+    with _reading(repo):
         if limit is None:
             table = dataset.scanner(columns=columns, filter=expr).to_table()
         else:
@@ -368,8 +368,6 @@ def head(
             # 1M-row parquet); a filter that must scan everything is no slower.
             table = dataset.scanner(columns=columns, filter=expr, batch_size=8192,
                                     batch_readahead=4, fragment_readahead=1).head(limit)
-    except (pa.ArrowException, OSError) as e:
-        raise _arrow_error(repo, e) from None
     return {
         "repo": name,
         "commit": repo.commit,
@@ -398,6 +396,7 @@ A filter over the columns of one split, e.g.:
 Comparisons: == (or =), !=, <, <=, >, >= against a number, a 'quoted string', true or false.
 Text tests: contains, icontains (ignores case), startswith, endswith, matches (RE2 regex);
 each may follow 'not'. Also: COLUMN [not] in (v1, v2, ...), COLUMN is [not] null.
+Date and time columns compare with a quoted ISO date: day >= '2024-01-31'.
 Combine with and, or, not and parentheses. A null value never satisfies a comparison.
 Quote odd column names with backticks: `my column` == 1. Class-label columns accept the label
 name: label == 'positive'."""

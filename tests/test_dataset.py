@@ -262,6 +262,32 @@ def test_head_json_shape_and_text_output(cli, imported):
     assert r.output == "no rows in org/notes (train) match \"note contains 'zebra'\"\n"
 
 
+@pytest.mark.parametrize("where,want", [
+    ("day >= '2024-02-01'", [1, 2]),
+    ("day < '2024-02-01' or flag == true", [0, 2]),
+    ("not flag == true and n > 1", [1]),
+    ("not (flag == true or n > 1)", [0]),
+    ("n in (1, 3) and not n == 3", [0]),
+    ("n between 1", None),
+])
+def test_compile_where_dates_booleans_and_precedence(where, want):
+    import datetime
+
+    import pyarrow as pa
+
+    from registry.dataset import compile_where
+
+    table = pa.table({"day": pa.array([datetime.date(2024, 1, 5), datetime.date(2024, 2, 1),
+                                       datetime.date(2024, 3, 9)], pa.date32()),
+                      "flag": [False, False, True], "n": [1, 2, 3]})
+    table = table.append_column("i", pa.array(range(3)))
+    if want is None:
+        with pytest.raises(InvalidInput, match="expected a comparison after 'n'"):
+            compile_where(where, table.schema)
+        return
+    assert table.filter(compile_where(where, table.schema))["i"].to_pylist() == want
+
+
 def test_head_help_documents_the_where_language(cli):
     r = cli("dataset", "head", "--help")
     assert r.exit_code == 0
