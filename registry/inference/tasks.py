@@ -153,11 +153,12 @@ def _choice(name: str, choices: tuple[str, ...]):
     return check
 
 
-def _strings(name: str):
+def _strings(name: str, allow_empty: bool = False):
     def check(v):
         if isinstance(v, str):
             v = [v]
-        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        if (not isinstance(v, list) or (not v and not allow_empty)
+                or not all(isinstance(x, str) and x for x in v)):
             raise InvalidInput(f"parameter {name!r} must be a string or a list of strings")
         return v
     return check
@@ -196,7 +197,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "aggregation_strategy": _choice(
             "aggregation_strategy", ("none", "simple", "first", "average", "max")
         ),
-        "ignore_labels": _strings("ignore_labels"),
+        "ignore_labels": _strings("ignore_labels", allow_empty=True),
     },
     "question-answering": {
         "top_k": _int("top_k", 1, 100),
