@@ -574,6 +574,12 @@ class _Parser:
             )
         col = pc.field(name)
         if test == "matches":
+            import pyarrow as pa
+
+            try:  # RE2 checks a pattern only when it runs: run it once on an empty string
+                pc.match_substring_regex(pa.array([""]), pattern=tok.value)
+            except pa.ArrowInvalid as e:
+                raise InvalidInput(f"bad --where expression: {_one_line(e)}") from None
             return pc.match_substring_regex(col, pattern=tok.value)
         if test == "startswith":
             return pc.starts_with(col, pattern=tok.value)
@@ -604,6 +610,8 @@ class _Parser:
         tok = self.take()
         if tok.kind == "kw" and tok.value in ("true", "false"):
             value: Any = tok.value == "true"
+        elif tok.kind == "num" and isinstance(tok.value, int) and not -2**63 <= tok.value < 2**63:
+            value = float(tok.value)  # Arrow has no wider integer; the comparison still holds
         elif tok.kind in ("num", "str"):
             value = tok.value
         else:

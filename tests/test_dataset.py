@@ -223,6 +223,7 @@ REVIEW_FILTERS = [
     ("text == 'it\\'s \\'fine\\''", lambda r: r["text"] == "it's 'fine'"),
     ('`text` == "a good movie"', lambda r: r["text"] == "a good movie"),
     ("score < -1", lambda r: False),
+    ("label < 99999999999999999999999", lambda r: True),
 ]
 
 
@@ -332,6 +333,8 @@ BAD_HEAD = [
      "bad --where expression: unexpected ';' at character 6 of 'label; rm -rf /'; "
      "see 'modeldepot dataset head --help'"),
     (["--where", "  "], "bad --where expression: it is empty"),
+    (["--where", "text matches '('"],
+     "bad --where expression: Invalid regular expression: missing ): ("),
 ]
 
 
@@ -341,11 +344,54 @@ def test_head_bad_input_is_one_line(cli, imported, args, message):
     assert (r.exit_code, r.output) == (1, f"Error: {message}\n")
 
 
-def test_head_bad_regex_is_one_line(cli, imported):
-    r = cli("dataset", "head", "org/reviews", "--where", "text matches '('")
-    assert r.exit_code == 1
-    assert r.output.startswith(f"Error: cannot read org/reviews@{imported['reviews'][:12]}: ")
-    assert r.output.count("\n") == 1
+def test_where_fuzz_never_crashes():
+    """Random well-formed and ill-typed expressions: each is refused with InvalidInput or gives an
+    expression that pyarrow evaluates; nothing else escapes (no traceback for any input)."""
+    import datetime
+    import random
+
+    import pyarrow as pa
+
+    from registry.dataset import compile_where
+
+    table = pa.table({"text": ["a", None, "b c"], "n": [1, 2, None], "x": [0.5, None, 2.0],
+                      "flag": [True, False, None], "tags": [["a"], [], None],
+                      "day": pa.array([datetime.date(2024, 1, 1), None, datetime.date(2024, 3, 1)])})
+    rng = random.Random(7)
+    lits = ["'a'", "'2024-01-01'", "1", "-2", "0.5", "true", "false", "99999999999999999999999",
+            "'('", "'[a-'", "'it\\'s'"]
+
+    def pred():
+        c, k = rng.choice(table.column_names + ["nope"]), rng.randrange(6)
+        if k == 0:
+            return f"{c} {rng.choice(['==', '!=', '<', '<=', '>', '>=', '='])} {rng.choice(lits)}"
+        if k == 1:
+            return (f"{c} {rng.choice(['', 'not '])}{rng.choice(['contains', 'icontains', 'startswith', 'endswith', 'matches'])} "
+                    f"{rng.choice(lits)}")
+        if k == 2:
+            return f"{c} {rng.choice(['', 'not '])}in ({', '.join(rng.choices(lits, k=rng.randint(1, 3)))})"
+        if k == 3:
+            return f"{c} is {rng.choice(['', 'not '])}null"
+        if k == 4:
+            return " ".join(rng.choices(lits + ["(", ")", "and", "or", "not", "in", ",", c], k=3))
+        return f"({expr(2)})"
+
+    def expr(depth=3):
+        if depth == 0 or rng.random() < 0.4:
+            return ("not " if rng.random() < 0.2 else "") + pred()
+        return f"{expr(depth - 1)} {rng.choice(['and', 'or'])} {expr(depth - 1)}"
+
+    outcomes = {"refused": 0, "evaluated": 0}
+    for _ in range(1500):
+        text = expr()
+        try:
+            compiled = compile_where(text, table.schema)
+        except InvalidInput:
+            outcomes["refused"] += 1
+            continue
+        table.filter(compiled)
+        outcomes["evaluated"] += 1
+    assert outcomes["refused"] > 100 and outcomes["evaluated"] > 100, outcomes
 
 
 def _tree(home: Path) -> list[str]:
