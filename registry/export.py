@@ -221,13 +221,13 @@ def plan_export(
         raise InvalidInput(f"task {task!r} is not supported for ONNX export: use one of "
                            f"{', '.join(TASKS)}")
 
+    if repo_type != "model":
+        raise InvalidInput(f"ONNX export works on model repos, not {repo_type} repos")
     with depot.db.session() as s:
-        if repo_type != "model" or not s.scalar(
-            select(Repo.id).where(Repo.type == "model", Repo.name == name)
-        ):
-            other = s.scalar(select(Repo.type).where(Repo.name == name, Repo.type != "model"))
-            if repo_type != "model" or other:
-                raise InvalidInput(f"{name} is a dataset repo; ONNX export works on model repos")
+        if not s.scalar(select(Repo.id).where(Repo.type == "model", Repo.name == name)):
+            other = s.scalar(select(Repo.type).where(Repo.name == name))
+            if other:
+                raise InvalidInput(f"{name} is a {other} repo; ONNX export works on model repos")
             raise RepoNotFound(f"model repo {name!r} is not in the depot; see 'modeldepot list'")
         repo, rev = depot.resolve_in(s, "model", name, revision)
         if rev.artifact is not None:
@@ -261,6 +261,11 @@ def plan_export(
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
 
+    supported = _supported_tasks(model_type)
+    if supported is None:
+        arch = architectures[0] if architectures else model_type
+        raise InvalidInput(f"cannot export {spec}: architecture {arch} (model type "
+                           f"{model_type!r}) is not supported by optimum's ONNX exporter")
     resolved = wanted
     if resolved is None:
         tag = normalize_task(pipeline_tag)
@@ -271,11 +276,6 @@ def plan_export(
                 f"{pipeline_tag or 'none'}); pass --task with one of: {', '.join(TASKS)}"
             )
 
-    supported = _supported_tasks(model_type)
-    if supported is None:
-        arch = architectures[0] if architectures else model_type
-        raise InvalidInput(f"cannot export {spec}: architecture {arch} (model type "
-                           f"{model_type!r}) is not supported by optimum's ONNX exporter")
     optimum_task = GENERATIVE.get(resolved, resolved)
     if optimum_task not in supported:
         usable = sorted({t.replace("-with-past", "") for t in supported} & set(TASKS))
@@ -538,8 +538,8 @@ def _build(plan: ExportPlan, out: Path, *, atol: float, force: bool, step: Progr
                               "passed": passed, "forced": bool(force and not passed)}
         if not passed and not force:
             raise ValidationFailed(
-                f"int8 {METRIC_LABELS[metric]} with fp32 is {value:.4f}, below the floor "
-                f"{floor:g} by {floor - value:.4f}; nothing was registered. Pass --force to "
+                f"int8 {METRIC_LABELS[metric]} with fp32 is {value:.6f}, below the floor "
+                f"{floor:g} by {floor - value:.2g}; nothing was registered. Pass --force to "
                 "register it anyway, or export without --quantize"
             )
         files["int8"] = _names(qgraphs)
