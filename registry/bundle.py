@@ -23,6 +23,7 @@ reader accepts exactly this layout, refusing PAX/GNU extension headers it never 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -218,23 +219,32 @@ def volume_name(out: Path, index: int) -> Path:
 
 
 class _Sink:
-    """Bytes out to stdout, one file, or numbered volumes of at most ``volume_size`` bytes each.
+    """Bytes out to a stream (stdout), one file, or numbered volumes of at most ``volume_size``
+    bytes each.
 
     Files are written under a temporary name and renamed when the archive is complete, so a
     failed or interrupted ``create`` never leaves something that looks like a bundle."""
 
-    def __init__(self, targets: list[Path] | None, volume_size: int | None, progress: Progress):
+    def __init__(self, targets: list[Path] | None, volume_size: int | None, progress: Progress,
+                 stream: BinaryIO | None = None):
         self.targets = targets
         self.volume_size = volume_size
         self.progress = progress
         self.partials: list[Path] = []
-        self.fd: int | None = 1 if targets is None else None
+        self.stream: BinaryIO | None = None
+        self.fd: int | None = None
+        if targets is None:
+            try:  # a real file descriptor lets the kernel copy (sendfile)
+                stream.flush()
+                self.fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                self.stream = stream
         self.index = -1
         self.room = math.inf
         self.total = 0
 
     def _next_volume(self) -> None:
-        if self.fd is not None and self.targets is not None:
+        if self.fd is not None:
             os.close(self.fd)
         self.index += 1
         final = self.targets[self.index]
@@ -258,7 +268,11 @@ class _Sink:
         view = memoryview(data)
         while view:
             want = self._span(len(view))
-            n = os.write(self.fd, view[:want])
+            if self.stream is not None:
+                self.stream.write(view[:want])
+                n = want
+            else:
+                n = os.write(self.fd, view[:want])
             self._done(n)
             view = view[n:]
 
@@ -267,12 +281,17 @@ class _Sink:
         offset = 0
         while offset < count:
             want = self._span(count - offset)
-            try:
-                n = os.sendfile(self.fd, src_fd, offset, want)
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                n = os.write(self.fd, os.pread(src_fd, min(want, COPY_CHUNK), offset))
+            if self.stream is not None:
+                data = os.pread(src_fd, min(want, COPY_CHUNK), offset)
+                self.stream.write(data)
+                n = len(data)
+            else:
+                try:
+                    n = os.sendfile(self.fd, src_fd, offset, want)
+                except OSError as e:
+                    if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    n = os.write(self.fd, os.pread(src_fd, min(want, COPY_CHUNK), offset))
             if n == 0:
                 raise IntegrityError("a blob file shrank while it was being written to the bundle; "
                                      "run 'modeldepot verify'")
@@ -281,6 +300,8 @@ class _Sink:
 
     def commit(self) -> list[Path]:
         if self.targets is None:
+            if self.stream is not None:
+                self.stream.flush()
             return []
         if self.fd is not None:
             os.close(self.fd)
@@ -313,7 +334,7 @@ def _manifest_bytes(manifest: dict, blob_sizes: list[int]) -> bytes:
 
 def create_bundle(
     depot: Depot,
-    out: Path | str | None,
+    out: Path | str | BinaryIO,
     specs: Sequence[str] = (),
     *,
     all_revisions: bool = False,
@@ -323,13 +344,15 @@ def create_bundle(
     progress: Progress = None,
     on_start: Callable[[int], None] | None = None,
 ) -> dict:
-    """Write a bundle of the named revisions to ``out`` (``None``: stdout). ``have`` (the
+    """Write a bundle of the named revisions to ``out`` (a path, or a binary stream such as
+    stdout). ``have`` (the
     receiver's inventory blobs) leaves out what the receiver holds; ``split`` writes numbered
     volumes ``OUT.000``, ``OUT.001``, ... of at most that many bytes."""
     if not specs and not all_revisions:
         raise InvalidInput("name at least one REPO[@REV] to bundle, or use --all")
+    to_stream = hasattr(out, "write")
     if split is not None:
-        if out is None:
+        if to_stream:
             raise InvalidInput("--split needs an output file, not stdout")
         if split < MIN_VOLUME:
             raise InvalidInput(f"--split {split}: volumes must be at least {MIN_VOLUME} bytes")
@@ -362,7 +385,7 @@ def create_bundle(
     data = _manifest_bytes(manifest, [b["size"] for b in blobs])
     total = manifest["archive_size"]
     targets: list[Path] | None = None
-    if out is not None:
+    if not to_stream:
         out = Path(out)
         count = max(1, math.ceil(total / split)) if split else 1
         if count > MAX_VOLUMES:
@@ -376,7 +399,7 @@ def create_bundle(
             raise InvalidInput(f"no such directory: {out.parent}")
     if on_start:
         on_start(total)
-    sink = _Sink(targets, split, progress)
+    sink = _Sink(targets, split, progress, out if to_stream else None)
     mtime = int(created.timestamp())
     try:
         sink.write(_tar_header(MANIFEST_NAME, len(data), mtime) + data + b"\0" * _padding(len(data)))
@@ -539,7 +562,7 @@ class _TarReader:
         self.seen: set[str] = set()
 
     def error(self, what: str, cls: type[DepotError] = InvalidInput) -> DepotError:
-        return cls(f"{self.label} {what}")
+        return cls(f"{self.label}{'' if what.startswith(':') else ' '}{what}")
 
     def read_exact(self, n: int, what: str) -> bytes:
         parts, got = [], 0
@@ -625,9 +648,9 @@ def _is_int(v: Any) -> bool:
     return type(v) is int and 0 <= v <= MAX_SIZE
 
 
-def _check(cond: bool, label: str, what: str) -> None:
+def _check(cond: bool, where: str, what: str) -> None:
     if not cond:
-        raise InvalidInput(f"{label}: {MANIFEST_NAME} is invalid: {what}")
+        raise InvalidInput(f"{where} is invalid: {what}")
 
 
 def validate_files(files: Any, label: str, where: str, full: bool = True) -> None:
@@ -699,6 +722,7 @@ def validate_manifest(m: Any, label: str) -> None:
     if m["format"] != FORMAT:
         raise InvalidInput(f"{label} has bundle format {m['format']!r}; this modeldepot reads "
                            f"{FORMAT!r} only: upgrade modeldepot on this side")
+    label = f"{label}: {MANIFEST_NAME}"
     for key in ("bundle_id", "source_depot_id", "created_at"):
         _check(isinstance(m.get(key), str), label, f"{key!r} must be a string")
     _check(_is_int(m.get("archive_size")), label, "'archive_size' must be a whole number")
@@ -746,7 +770,7 @@ def validate_manifest(m: Any, label: str) -> None:
         declared.add(b["sha256"])
         blob_bytes += b["size"]
     if blob_bytes > m["archive_size"]:
-        raise InvalidInput(f"{label}: {MANIFEST_NAME} declares {_fmt_bytes(blob_bytes)} of blobs in "
+        raise InvalidInput(f"{label} declares {_fmt_bytes(blob_bytes)} of blobs in "
                            f"a bundle of {_fmt_bytes(m['archive_size'])}; refusing it")
 
 
@@ -767,17 +791,11 @@ _VOLUME_RE = re.compile(r"^(.*)\.(\d{3})$")
 def find_volumes(paths: Sequence[Path | str]) -> list[Path]:
     """The files to read, in order. ``OUT.000`` alone brings its numbered siblings along."""
     paths = [Path(p) for p in paths]
-    if len(paths) == 1:
-        m = _VOLUME_RE.match(paths[0].name)
-        if m and m.group(2) == "000":
-            i, found = 1, [paths[0]]
-            while (p := volume_name(paths[0].with_name(m.group(1)), i)).exists():
-                found.append(p)
-                i += 1
-            return found
+    if len(paths) == 1 and (m := _VOLUME_RE.match(paths[0].name)) and m.group(2) == "000":
+        paths = list(paths[0].parent.glob(f"{glob.escape(m.group(1))}.[0-9][0-9][0-9]"))
     numbered = [_VOLUME_RE.match(p.name) for p in paths]
-    if len(paths) > 1 and all(numbered):
-        return [p for _, p in sorted(zip(numbered, paths), key=lambda x: int(x[0].group(2)))]
+    if all(numbered):
+        paths = [p for _, p in sorted(zip(numbered, paths), key=lambda x: int(x[0].group(2)))]
     return paths
 
 
@@ -992,7 +1010,10 @@ def import_bundle(
 ) -> dict:
     """Verify and register what a bundle holds. Every blob is checked (size, sha256, and the git
     sha1 its files claim) before any revision is published; a refused bundle changes nothing."""
-    reader, manifest, files = open_bundle(paths, stream, progress)
+    try:
+        reader, manifest, files = open_bundle(paths, stream, progress)
+    except DepotError as e:
+        raise type(e)(f"{e}; nothing was imported") from None
     label = reader.label
     try:
         result = _import(depot, reader, manifest, label, on_start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ._common import emit_json, human_size, json_option, pass_app, progress_bar, repo_type_option, table
@@ -58,7 +60,8 @@ def bundle_create(app, out, specs, all_revisions, have, split, repo_type, as_jso
     volume = parse_size(split) if split else None
     bar, start = _bar("bundling")
     with bar:
-        result = create_bundle(app.depot, None if out == "-" else out, specs,
+        target = click.get_binary_stream("stdout") if out == "-" else out
+        result = create_bundle(app.depot, target, specs,
                                all_revisions=all_revisions, repo_type=repo_type, have=have_blobs,
                                split=volume, progress=bar.update, on_start=start)
     to_stderr = out == "-"
@@ -139,7 +142,7 @@ def bundle_import(app, files, as_json):
     if as_json:
         emit_json(result)
         return
-    label = _names(result["files"]) if result["files"] else "stdin"
+    label = _names([Path(p).name for p in result["files"]]) if result["files"] else "stdin"
     if not result["changed"]:
         click.echo(f"already present, nothing changed: {result['present']} revision(s) from {label}")
         return
