@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, offline, on the embedded default (SQLite + a local depot):
-# build a small model, import it, list it, verify it.
+# The main job, offline, on the embedded default (SQLite + a local depot): build a small model,
+# import it, list and verify it, export it to ONNX (validated, int8-quantized), and answer an
+# inference request from the ONNX export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,5 +15,8 @@ echo "+ building a small BERT sentiment classifier (random weights) in $work/mod
 md import "$work/model" --repo demo/sentiment
 md tag demo/sentiment prod
 md list
-md show demo/sentiment@prod
 md verify
+md onnx export demo/sentiment --optimize O2 --quantize int8
+md show demo/sentiment@onnx
+md run demo/sentiment@prod "what a great movie"
+md run demo/sentiment --int8 --json "what a terrible movie"
