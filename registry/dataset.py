@@ -196,7 +196,6 @@ def _is_json_lines(path: Path) -> bool:
 
     if ".jsonl" in path.name.lower():
         return True
-
     with pa.input_stream(str(path), compression="detect") as f:
         head = f.read(1 << 16).lstrip()
     if not head.startswith(b"{"):
@@ -215,11 +214,12 @@ def _json_document_table(path: Path, fieldname: str | None):
     with pa.input_stream(str(path), compression="detect") as f:
         data = json.loads(f.read())
     if fieldname is not None:
-        data = data[fieldname] if isinstance(data, dict) else None
+        data = data.get(fieldname) if isinstance(data, dict) else None
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
         return pa.Table.from_pydict(data)
     if not isinstance(data, list):
-        raise InvalidInput(f"{path.name}: expected a list of records in the JSON document")
+        where = f" under {fieldname!r} (the card's 'field')" if fieldname is not None else ""
+        raise InvalidInput(f"{path.name} holds no list of records{where}")
     return pa.Table.from_pylist(data)
 
 
@@ -256,7 +256,7 @@ def _features(config: DataConfig, schema):
 
 @contextmanager
 def _reading(repo: DatasetRepo):
-    """Errors from the data itself (damaged file, type clash, bad regex) as one line."""
+    """Errors from the data itself (a damaged file, a type clash between files) as one line."""
     import pyarrow as pa
 
     try:

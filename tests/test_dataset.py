@@ -194,9 +194,23 @@ def test_info_multi_config_card_and_head_config(cli, sources):
     assert (r.exit_code, r.output) == (1, "Error: config 'de' not found in org/multi; configs: en, fr\n")
 
 
-def test_json_lines_dataset(cli, sources):
+def test_json_lines_and_json_document_datasets(cli, sources, tmp_path):
     assert cli("import", sources["events"], "--repo", "org/events", "--type", "dataset").exit_code == 0
     assert head_rows(cli, "org/events", "--where", "done == false") == NOTES_TRAIN[1:]
+    doc = tmp_path / "doc"
+    doc.mkdir()
+    (doc / "train.json").write_text(json.dumps(NOTES_TRAIN, indent=1))
+    (doc / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: train.json\n"
+                                   "  field: rows\n---\n")
+    assert cli("import", doc, "--repo", "org/doc", "--type", "dataset").exit_code == 0
+    r = cli("dataset", "head", "org/doc")
+    assert (r.exit_code, r.output) == (
+        1, "Error: train.json holds no list of records under 'rows' (the card's 'field')\n")
+    (doc / "README.md").unlink()
+    assert cli("import", doc, "--repo", "org/doc", "--type", "dataset").exit_code == 0
+    assert head_rows(cli, "org/doc", "--where", "note contains 'report'", "-n", "5") == NOTES_TRAIN[2:]
+    info = json.loads(cli("dataset", "info", "org/doc", "--json").output)
+    assert [(s["name"], s["rows"]) for s in info["configs"][0]["splits"]] == [("train", 3)]
 
 
 # -- head --where ----------------------------------------------------------------------------
