@@ -353,6 +353,7 @@ def test_env_prints_shell_lines(cli, home):
     server = json.loads(cli("env", "--server", "http://depot:8080/", "--json").output)
     assert server["HF_ENDPOINT"] == "http://depot:8080"
     assert server["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"
+    assert server["HF_UPDATE_DOWNLOAD_COUNTS"] == "0"
 
 
 # -- bad input -------------------------------------------------------------------------------

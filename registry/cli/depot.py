@@ -267,6 +267,8 @@ def env_cmd(app, server, as_json):
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_XET": "1",
             "DISABLE_SAFETENSORS_CONVERSION": "1",
+            # datasets otherwise reports each load to a hard-coded S3 host
+            "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }
     else:
         cache = str(app.settings.hub_cache)
@@ -279,6 +281,7 @@ def env_cmd(app, server, as_json):
             "HF_DATASETS_OFFLINE": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "DISABLE_SAFETENSORS_CONVERSION": "1",
+            "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }
     if as_json:
         emit_json(values)
