@@ -41,7 +41,7 @@ from .errors import (
 from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
-from .store import CHUNK, Digest, Hasher, file_lock, hash_file
+from .store import CHUNK, Digest, Hasher, file_lock, git_blob_sha1, hash_file, lfs_pointer
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -476,7 +476,7 @@ class _Puller:
         with file_lock(tmp.with_name(tmp.name + ".lock")):
             if f.sha256 and self.store.has_blob(f.sha256, f.size):
                 return self.known_digest(f)  # another pull fetched it while we waited
-            hasher = Hasher(f.size) if f.size is not None else None
+            hasher = _hasher_for(f)
             if tmp.exists() and f.size is not None and tmp.stat().st_size > f.size:
                 tmp.unlink()
             if hasher is not None and tmp.exists():
@@ -516,7 +516,7 @@ class _Puller:
             self.progress.file_done(f.path)
             return got
 
-    def _fetch(self, f: UpstreamFile, tmp: Path, have: int, hasher: Hasher | None) -> Hasher | None:
+    def _fetch(self, f: UpstreamFile, tmp: Path, have: int, hasher) -> Hasher | _LfsHasher | None:
         from huggingface_hub import constants
         from huggingface_hub.utils import hf_raise_for_status, http_backoff
 
@@ -533,39 +533,70 @@ class _Puller:
             if have and r.status_code != 206:
                 # The server ignored our Range: start over, hashing from the first byte.
                 mode, have = "wb", 0
-                hasher = Hasher(f.size) if f.size is not None else None
+                hasher = _hasher_for(f)
             got = have
+            buf = bytearray()
             with open(tmp, mode) as out:
-                # read1 hands over what has arrived; a read of a fixed size would lose the bytes
-                # it had buffered when the connection drops, and a resume could not start there.
-                while chunk := r.raw.read1(CHUNK, decode_content=False):
-                    if self.cancelled.is_set():
-                        raise _Cancelled()
-                    out.write(chunk)
+
+                def flush() -> None:
+                    out.write(buf)
                     if hasher is not None:
-                        hasher.update(chunk)
-                    got += len(chunk)
-                    self.progress.update(len(chunk))
+                        hasher.update(buf)
+                    self.progress.update(len(buf))
+                    buf.clear()
+
+                try:
+                    # read1 hands over what has arrived: a read of a fixed size would lose what
+                    # it had buffered when the connection drops, and the resume could not start
+                    # at the last byte received.
+                    while chunk := r.raw.read1(CHUNK, decode_content=False):
+                        if self.cancelled.is_set():
+                            raise _Cancelled()
+                        buf += chunk
+                        got += len(chunk)
+                        if len(buf) >= CHUNK:
+                            flush()
+                finally:
+                    flush()  # keep every byte that arrived, also when the connection dropped
         if f.size is not None and got < f.size:
             raise _Truncated(f"{f.path}: got {got} of {f.size} bytes")
         return hasher
 
     def known_digest(self, f: UpstreamFile) -> Digest:
         """The digest of a blob already in the store, without reading it when we can."""
-        with self.depot.db.session() as s:
-            git_sha1 = s.scalar(select_git_sha1(f.sha256))
-        if git_sha1 is None:
-            return hash_file(self.store.blob_path(f.sha256))
-        return Digest(f.sha256, git_sha1, f.size)
+        if f.lfs and f.size is not None:
+            return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
+        if f.lfs is False and f.git_sha1 and f.size is not None:
+            return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
+        return hash_file(self.store.blob_path(f.sha256))
 
 
-def select_git_sha1(sha256: str):
-    from sqlalchemy import select
+class _LfsHasher:
+    """sha256 only, for LFS files: their git sha1 is that of the LFS pointer (what upstream
+    reports as the file's oid), so hashing the content a second time buys nothing."""
 
-    return select(File.git_sha1).where(File.sha256 == sha256).limit(1)
+    def __init__(self, size: int):
+        self.size, self.seen = size, 0
+        self._sha256 = hashlib.sha256()
+
+    def update(self, chunk) -> None:
+        self._sha256.update(chunk)
+        self.seen += len(chunk)
+
+    def digest(self) -> Digest:
+        if self.seen != self.size:
+            raise IntegrityError(f"expected {self.size} bytes, read {self.seen}")
+        sha256 = self._sha256.hexdigest()
+        return Digest(sha256, git_blob_sha1(lfs_pointer(sha256, self.size)), self.size)
 
 
-def _hash_into(path: Path, hasher: Hasher) -> None:
+def _hasher_for(f: UpstreamFile):
+    if f.size is None:
+        return None  # hashed from the file once its size is known
+    return _LfsHasher(f.size) if f.lfs else Hasher(f.size)
+
+
+def _hash_into(path: Path, hasher) -> None:
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK):
             hasher.update(chunk)
@@ -725,11 +756,7 @@ def pull(
         if f.git_sha1 in by_git and f.lfs is False:
             f.sha256 = by_git[f.git_sha1]
         if f.sha256 and depot.store.has_blob(f.sha256, f.size):
-            d = puller.known_digest(f)
-            if f.git_sha1 and d.git_sha1 != f.git_sha1 and f.lfs is False:
-                todo.append(f)  # our record disagrees with upstream: fetch and let it decide
-                continue
-            records[f.path] = _record(f, d)
+            records[f.path] = _record(f, puller.known_digest(f))
         else:
             todo.append(f)
     progress_.start(sum(f.size or 0 for f in todo), len(files))
