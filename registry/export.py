@@ -394,7 +394,7 @@ def _export_locked(depot: Depot, plan: ExportPlan, *, atol: float, force: bool,
     out = work / "onnx"
     try:
         out.mkdir(parents=True)
-        with _quiet_offline():
+        with _quiet_offline(depot.settings.debug):
             result = _build(plan, out, atol=atol, force=force, step=step,
                             min_agreement=min_agreement)
         step("storing")
@@ -437,12 +437,11 @@ def _export_locked(depot: Depot, plan: ExportPlan, *, atol: float, force: bool,
 
 
 @contextmanager
-def _quiet_offline() -> Iterator[None]:
+def _quiet_offline(loud: bool) -> Iterator[None]:
     """Offline for anything that reads the HF variables late, and without the exporter's tracer
     warnings and log lines on the user's terminal (MODELDEPOT_DEBUG keeps them)."""
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    loud = os.environ.get("MODELDEPOT_DEBUG", "").upper() in {"1", "TRUE", "YES", "ON"}
     disabled = logging.root.manager.disable
     try:
         with warnings.catch_warnings():

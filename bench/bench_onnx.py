@@ -1,0 +1,142 @@
+"""PyTorch vs ONNX Runtime fp32 vs ONNX Runtime int8 on the depot's own ONNX export, CPU.
+
+For each model shape (random weights: timing does not depend on them) a sequence classifier is
+built, imported into a throw-away depot and exported with ``registry.export.export_onnx``
+(``--optimize`` level, dynamic int8). The three engines then run the same batches, interleaved
+call by call so that load from other processes hits all of them alike; the table gives p50
+latency, throughput, and each engine's ratio to PyTorch from this one run.
+
+    python bench/bench_onnx.py            # BERT-base and MiniLM-L6, 1x16 and 32x128
+    python bench/bench_onnx.py --quick    # MiniLM-L6 only, fewer calls
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CASES = [(1, 16), (32, 128)]
+
+
+def build(shape: str, root: Path, optimize: str | None) -> tuple[Path, dict, float]:
+    from registry import samples
+    from registry.config import Settings
+    from registry.depot import Depot
+    from registry.export import export_onnx
+    from registry.importer import import_dir
+
+    src = samples.bert_model(root / f"src-{shape}", "sequence-classification", shape=shape)
+    depot = Depot(Settings.from_env(home=str(root / "home")))
+    import_dir(depot, src, f"bench/{shape}")
+    started = time.perf_counter()
+    result = export_onnx(depot, "model", f"bench/{shape}", optimize=optimize, quantize="int8")
+    took = time.perf_counter() - started
+    snapshot = Path(depot.resolve("model", f"bench/{shape}", result["commit"])["snapshot"])
+    return snapshot, result["recipe"], took
+
+
+def engines(snapshot: Path):
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    # The baseline is transformers as users load it (its default attention implementation).
+    model = AutoModelForSequenceClassification.from_pretrained(snapshot).eval()
+
+    def torch_run(feed):
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+
+    def session(name):
+        sess = ort.InferenceSession(str(snapshot / "onnx" / name),
+                                    providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        return lambda feed: sess.run(None, {n: feed[n] for n in names})
+
+    return {"pytorch": torch_run, "ort-fp32": session("model.onnx"),
+            "ort-int8": session("model_quantized.onnx")}
+
+
+def fused_attention(path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(n.op_type in ("Attention", "MultiHeadAttention") for n in graph.node)
+
+
+def measure(runs: dict, batch: int, length: int, calls: int) -> dict[str, list[float]]:
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(1000, 30000, size=(batch, length), dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids)}
+    for run in runs.values():  # warm-up: allocations, kernel choice
+        run(feed)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(calls):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run(feed)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="MiniLM-L6 only, fewer calls")
+    p.add_argument("--shapes", default=None, help="comma list of bert-base, minilm-l6")
+    p.add_argument("--optimize", default="O2", choices=["none", "O1", "O2", "O3"])
+    p.add_argument("--calls-small", type=int, default=None, help="timed calls at 1x16")
+    p.add_argument("--calls-large", type=int, default=None, help="timed calls at 32x128")
+    args = p.parse_args()
+    shapes = (args.shapes.split(",") if args.shapes else
+              ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"])
+    calls = {CASES[0]: args.calls_small or (10 if args.quick else 30),
+             CASES[1]: args.calls_large or (2 if args.quick else 4)}
+    optimize = None if args.optimize == "none" else args.optimize
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import onnxruntime
+    import torch
+
+    print(f"CPU threads: torch {torch.get_num_threads()}, os.cpu_count() {os.cpu_count()}; "
+          f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}; "
+          f"export: optimize {optimize or 'none'}, dynamic int8")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+        for shape in shapes:
+            snapshot, recipe, took = build(shape, Path(tmp), optimize)
+            int8 = recipe["validation"]["int8"]
+            print(f"\n{shape}: export {took:.1f} s; fused attention nodes "
+                  f"{fused_attention(snapshot / 'onnx' / 'model.onnx')}; fp32 max abs diff "
+                  f"{max(recipe['validation']['fp32']['max_abs_diff'].values()):.1e}; int8 "
+                  f"{int8['metric']} {int8['value']:.3f} (random weights)")
+            runs = engines(snapshot)
+            for batch, length in CASES:
+                times = measure(runs, batch, length, calls[(batch, length)])
+                base_p50 = statistics.median(times["pytorch"])
+                base_tput = batch / statistics.mean(times["pytorch"])
+                for name, ts in times.items():
+                    p50, tput = statistics.median(ts), batch / statistics.mean(ts)
+                    rows.append((shape, f"{batch}x{length}", name, len(ts), p50 * 1000, tput,
+                                 tput / base_tput, base_p50 / p50))
+            del runs
+    print()
+    header = ("model", "batch", "engine", "calls", "p50 ms", "seq/s", "tput x", "p50 x")
+    print(f"{header[0]:10} {header[1]:7} {header[2]:9} {header[3]:>5} {header[4]:>9} "
+          f"{header[5]:>8} {header[6]:>7} {header[7]:>6}")
+    for shape, case, name, n, p50, tput, rt, rp in rows:
+        print(f"{shape:10} {case:7} {name:9} {n:5d} {p50:9.1f} {tput:8.1f} {rt:7.2f} {rp:6.2f}")
+    print("\nratios are against PyTorch in the same run (x > 1: faster than PyTorch)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
