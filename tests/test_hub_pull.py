@@ -321,6 +321,14 @@ def test_endpoint_down_fails_fast(depot, cli):
                                               "the server is up\n")
 
 
+def test_offline_depot_refuses_to_contact_upstream(cli, upstream):
+    url = upstream["url"]
+    r = cli("search", "--endpoint", url, env={"MODELDEPOT_OFFLINE": "1"})
+    assert (r.exit_code, r.output) == (
+        1, f"Error: the depot is offline (MODELDEPOT_OFFLINE); not contacting {url}\n")
+    assert upstream["faults"].log == []
+
+
 def test_token_goes_to_the_endpoint_only_when_given(depot, upstream, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
@@ -367,7 +375,7 @@ def test_search_and_info_against_another_depot(upstream, cli):
     assert r.output.splitlines()[0].split() == ["REPO", "TASK", "LIBRARY", "DOWNLOADS", "LIKES",
                                                 "UPDATED"]
     assert [line.split()[0] for line in r.output.splitlines()[2:]] == ["org/clf"]
-    r = cli("search", "--endpoint", url, "--type", "dataset", "--json")
+    r = cli("search", "--type", "dataset", "--json", env={"MODELDEPOT_ENDPOINT": url})
     assert [m["id"] for m in json.loads(r.output)] == ["org/ds"]
     r = cli("info", "org/clf@prod", "--endpoint", url, "--json")
     data = json.loads(r.output)
