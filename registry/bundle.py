@@ -62,9 +62,12 @@ END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 BLOB_MEMBER_RE = re.compile(r"^blobs/([0-9a-f]{64})$")
 COPY_CHUNK = 4 * 1024 * 1024
 
-REPO_FIELDS = ("author", "pipeline_tag", "library_name", "license", "tags", "gated", "private",
-               "card_data", "meta", "downloads", "likes", "upstream_last_modified",
-               "upstream_created_at", "source")
+# Repo columns a bundle carries, with the JSON type each must have (or null).
+REPO_FIELD_TYPES = {"author": str, "pipeline_tag": str, "library_name": str, "license": str,
+                    "tags": list, "gated": str, "private": bool, "card_data": dict, "meta": dict,
+                    "downloads": int, "likes": int, "upstream_last_modified": str,
+                    "upstream_created_at": str, "source": str}
+REPO_FIELDS = tuple(REPO_FIELD_TYPES)
 DATETIME_FIELDS = ("upstream_last_modified", "upstream_created_at")
 
 Progress = Callable[[int], None] | None
@@ -742,6 +745,10 @@ def validate_manifest(m: Any, label: str) -> None:
         fields = repo["fields"]
         _check(set(fields) <= set(REPO_FIELDS), label,
                f"{repo['name']}: unknown repo fields {sorted(set(fields) - set(REPO_FIELDS))}")
+        for key, value in fields.items():
+            kind = REPO_FIELD_TYPES[key]
+            _check(value is None or (isinstance(value, kind) and (kind is bool or type(value) is not bool)),
+                   label, f"{repo['name']}: {key} must be {kind.__name__} or null")
         for key in DATETIME_FIELDS:
             if fields.get(key) is not None:
                 _check(_parse_time(fields[key]) is not None, label, f"{repo['name']}: {key} is not a time")
@@ -1091,6 +1098,10 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         _discard(depot, receiver.sealed)
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
-    for rev in manifest["revisions"]:
-        _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
+    try:
+        for rev in manifest["revisions"]:
+            _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
+    except BaseException:
+        _discard(depot, receiver.sealed)  # keeps what the revisions published so far use
+        raise
     return summary

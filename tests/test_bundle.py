@@ -171,6 +171,9 @@ def test_incremental_bundle_holds_only_new_blobs(cli, models, tmp_path):
                              f"written ({human_size(config_size)}), {shared} already held\n")
     inv_a, inv_b = (json.loads(cli("--home", h, "inventory").output) for h in (a, b))
     assert (inv_b["blobs"], inv_b["revisions"]) == (inv_a["blobs"], inv_a["revisions"])
+    # 'run' answers from the imported revision at once, exactly as from the original.
+    answers = [cli("--home", h, "run", "org/clf", "a great movie", "--json").output for h in (a, b)]
+    assert answers[0] == answers[1] and json.loads(answers[1])
 
     # A depot without the base cannot use it, and is told why before anything is stored.
     r = cli("--home", c, "bundle", "import", inc)
@@ -396,6 +399,9 @@ HOSTILE = {
         tar_of(standard(s, _edit(s, lambda m: m["revisions"][0]["files"][0].update(path="../../x")))),
         f"the bundle on stdin: manifest.json is invalid: org/clf@{s.parent}: refusing unsafe file "
         "path '../../x'"),
+    "bad repo field": lambda s: (
+        tar_of(standard(s, _edit(s, lambda m: m["repos"][0]["fields"].update(downloads="many")))),
+        "the bundle on stdin: manifest.json is invalid: org/clf: downloads must be int or null"),
     "forged git sha1": lambda s: (
         tar_of(standard(s, _edit(s, lambda m: _file(m, "config.json").update(git_sha1="0" * 40)))),
         f"the bundle on stdin: git sha1 {'0' * 40} recorded for config.json does not match blob "
