@@ -14,15 +14,18 @@ for LFS files, the git blob sha1 for the others, and the size always. Partial do
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
+import os
 import re
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from . import __version__
@@ -41,7 +44,7 @@ from .errors import (
 from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
-from .store import CHUNK, Digest, Hasher, file_lock, git_blob_sha1, hash_file, lfs_pointer
+from .store import CHUNK, Digest, Hasher, git_blob_sha1, hash_file, lfs_pointer
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -441,14 +444,13 @@ class _Cancelled(Exception):
 
 class _Puller:
     def __init__(self, depot: Depot, repo_type: str, name: str, commit: str, endpoint: str,
-                 token: str | None, progress: _Progress, context: dict):
+                 token: str | None, progress: _Progress):
         from huggingface_hub.utils import build_hf_headers
 
         self.depot, self.store = depot, depot.store
         self.repo_type, self.name, self.commit = repo_type, name, commit
-        self.endpoint, self.token = endpoint, token
+        self.endpoint = endpoint
         self.progress = progress
-        self.context = context
         self.headers = build_hf_headers(token=token or False, library_name="modeldepot",
                                         library_version=__version__)
         # Downloads must not be transparently decompressed: sizes and hashes are of the bytes.
@@ -468,53 +470,61 @@ class _Puller:
 
     def download(self, f: UpstreamFile) -> Digest:
         """Fetch ``f`` into the store (resuming a partial file), verified; its digest."""
+        self.store.tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self.temp_name(f)
+        with _exclusive(tmp):
+            try:
+                return self._download_locked(f, tmp)
+            finally:
+                if tmp.exists() and tmp.stat().st_size == 0:
+                    tmp.unlink()  # nothing to resume from
+
+    def _download_locked(self, f: UpstreamFile, tmp: Path) -> Digest:
         import requests
         import urllib3
 
-        self.store.tmp.mkdir(parents=True, exist_ok=True)
-        tmp = self.temp_name(f)
-        with file_lock(tmp.with_name(tmp.name + ".lock")):
-            if f.sha256 and self.store.has_blob(f.sha256, f.size):
-                return self.known_digest(f)  # another pull fetched it while we waited
-            hasher = _hasher_for(f)
-            if tmp.exists() and f.size is not None and tmp.stat().st_size > f.size:
-                tmp.unlink()
-            if hasher is not None and tmp.exists():
-                _hash_into(tmp, hasher)
-            stalled = 0
-            while True:
-                before = tmp.stat().st_size if tmp.exists() else 0
-                try:
-                    hasher = self._fetch(f, tmp, before, hasher)
-                    break
-                except (requests.ConnectionError, requests.Timeout, _Truncated,
-                        requests.exceptions.ChunkedEncodingError,
-                        urllib3.exceptions.HTTPError) as e:
-                    after = tmp.stat().st_size if tmp.exists() else 0
-                    stalled = 0 if after > before else stalled + 1
-                    if stalled >= MAX_STALLED_TRIES:
-                        err = upstream_error(e, endpoint=self.endpoint, what=f.path)
-                        raise UpstreamError(
-                            f"downloading {f.path} from {self.endpoint} failed after "
-                            f"{_human(after)} of {_human(f.size)}: {err}. Nothing was "
-                            "registered; run the same pull again to resume"
-                        ) from e
-                    time.sleep(min(0.25 * 2 ** stalled, 2.0))
-                except requests.RequestException as e:
-                    raise upstream_error(e, endpoint=self.endpoint, repo_type=self.repo_type,
-                                         name=self.name, what=f.path) from e
-            digest = hasher.digest() if hasher is not None else hash_file(tmp)
-            label = f"{_repo_label(self.repo_type, self.name)}@{self.commit[:12]}: {f.path}"
-            try:
-                got = self.store.adopt(tmp, digest=digest, size=f.size, label=label,
-                                       sha256=f.sha256,
-                                       git_sha1=f.git_sha1 if f.lfs is False else None)
-            except IntegrityError as e:
-                raise IntegrityError(
-                    f"{e}; the file from {self.endpoint} was discarded and nothing was registered"
-                ) from None
+        if f.sha256 and self.store.has_blob(f.sha256, f.size):
             self.progress.file_done(f.path)
-            return got
+            return self.known_digest(f)  # another pull fetched it while we waited
+        hasher = _hasher_for(f)
+        if f.size is not None and tmp.stat().st_size > f.size:
+            os.truncate(tmp, 0)
+        if hasher is not None:
+            _hash_into(tmp, hasher)
+        stalled = 0
+        while True:
+            before = tmp.stat().st_size
+            try:
+                hasher = self._fetch(f, tmp, before, hasher)
+                break
+            except (requests.ConnectionError, requests.Timeout, _Truncated,
+                    requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as e:
+                after = tmp.stat().st_size
+                stalled = 0 if after > before else stalled + 1
+                if stalled >= MAX_STALLED_TRIES:
+                    err = upstream_error(e, endpoint=self.endpoint, what=f.path)
+                    raise UpstreamError(
+                        f"downloading {f.path} from {self.endpoint} failed after "
+                        f"{_human(after)} of {_human(f.size)}: {err}. Nothing was "
+                        "registered; run the same pull again to resume"
+                    ) from e
+                time.sleep(min(0.25 * 2 ** stalled, 2.0))
+            except requests.RequestException as e:
+                raise upstream_error(e, endpoint=self.endpoint, repo_type=self.repo_type,
+                                     name=self.name, what=f.path) from e
+        digest = hasher.digest() if hasher is not None else hash_file(tmp)
+        label = f"{_repo_label(self.repo_type, self.name)}@{self.commit[:12]}: {f.path}"
+        try:
+            got = self.store.adopt(tmp, digest=digest, size=f.size, label=label,
+                                   sha256=f.sha256,
+                                   git_sha1=f.git_sha1 if f.lfs is False else None)
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"{e}; the file from {self.endpoint} was discarded and nothing was registered"
+            ) from None
+        self.progress.file_done(f.path)
+        return got
 
     def _fetch(self, f: UpstreamFile, tmp: Path, have: int, hasher) -> Hasher | _LfsHasher | None:
         from huggingface_hub import constants
@@ -569,6 +579,32 @@ class _Puller:
         if f.lfs is False and f.git_sha1 and f.size is not None:
             return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
         return hash_file(self.store.blob_path(f.sha256))
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An flock on ``path`` itself (created if missing), held across processes.
+
+    The partial file is its own lock, so no lock files pile up; whoever finishes removes it, and
+    a waiter that then wakes up on the removed inode starts over on the path.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class _LfsHasher:
@@ -733,7 +769,7 @@ def pull(
             "--include/--exclude; see 'modeldepot info' for its files"
         )
     progress_ = _Progress(progress)
-    puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_, context)
+    puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_)
     for f in files:
         if not f.complete:
             try:

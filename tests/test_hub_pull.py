@@ -389,3 +389,19 @@ def test_search_and_info_against_another_depot(upstream, cli):
     assert r.output.splitlines()[0] == f"model org/clf@main -> {upstream['clf']}  ({url})"
     assert "model.safetensors        134.0 KB  lfs  " + hashlib.sha256(weights).hexdigest() \
         in r.output
+
+
+def test_concurrent_pulls_into_one_depot(depot, upstream):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.depot import Depot
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: pull(Depot(depot.settings), upstream), range(2)))
+    assert {r.commit for r in results} == {upstream["clf"]}
+    assert sorted(r.created for r in results) == [False, True]
+    data = (upstream["src"] / "model.safetensors").read_bytes()
+    # The LFS file (known by sha256 up front) was fetched once; the waiter found it in the store.
+    assert len(upstream["faults"].gets("model.safetensors")) == 1
+    assert depot.verify()["ok"] and depot.store.has_blob(hashlib.sha256(data).hexdigest())
+    assert list(depot.store.tmp.glob("pull-*")) == []
