@@ -84,7 +84,7 @@ def upstream_error(exc: Exception, *, endpoint: str, repo_type: str = "model",
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, DepotError):
         return exc
-    if isinstance(exc, hf.OfflineModeIsEnabled if hasattr(hf, "OfflineModeIsEnabled") else ()):
+    if isinstance(exc, hf.OfflineModeIsEnabled):
         return OfflineError(f"cannot reach {endpoint}: offline mode is on (HF_HUB_OFFLINE)")
     if isinstance(exc, hf.GatedRepoError):
         return Unauthorized(
@@ -120,12 +120,16 @@ def upstream_error(exc: Exception, *, endpoint: str, repo_type: str = "model",
 
 
 def _call(fn: Callable, *args, context: dict, **kwargs):
+    """Call huggingface_hub; what the endpoint did wrong becomes one domain error."""
     try:
         return fn(*args, **kwargs)
-    except Exception as e:  # every failure becomes one domain error
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
+    except OSError as e:  # requests' and huggingface_hub's errors are OSErrors
         raise upstream_error(e, **context) from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise UpstreamError(
+            f"{context['endpoint']} gave an answer modeldepot cannot read ({type(e).__name__}: "
+            f"{str(e)[:200]}); is it a Hugging Face Hub endpoint?"
+        ) from e
 
 
 # -- JSON-able metadata ------------------------------------------------------------------------
@@ -772,11 +776,8 @@ def pull(
     puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_)
     for f in files:
         if not f.complete:
-            try:
-                _fill_from_head(f, puller.url(f.path), token, endpoint)
-            except Exception as e:
-                raise upstream_error(e, endpoint=endpoint, repo_type=repo_type, name=name,
-                                     what=f.path) from e
+            _call(_fill_from_head, f, puller.url(f.path), token, endpoint,
+                  context={**context, "what": f.path})
     try:
         refs = _upstream_refs(api, repo_type, name, context)
     except (UpstreamError, RepoNotFound):

@@ -321,6 +321,19 @@ def test_endpoint_down_fails_fast(depot, cli):
                                               "the server is up\n")
 
 
+def test_not_a_hub_endpoint(cli):
+    async def anything(_request):
+        return web.json_response({"hello": "world"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    with AppServer(app) as server:
+        r = cli("info", "org/clf", "--endpoint", server.url)
+    assert (r.exit_code, r.output) == (1, (
+        f"Error: {server.url} gave an answer modeldepot cannot read (KeyError: 'id'); is it a "
+        "Hugging Face Hub endpoint?\n"))
+
+
 def test_offline_depot_refuses_to_contact_upstream(cli, upstream):
     url = upstream["url"]
     r = cli("search", "--endpoint", url, env={"MODELDEPOT_OFFLINE": "1"})
