@@ -211,3 +211,20 @@ def test_batcher_refuses_beyond_its_queue_and_isolates_item_errors():
 
     ok, bad = _run_batcher(main)
     assert ok == "OK" and isinstance(bad, InvalidInput) and str(bad) == "bad bad"
+
+
+def test_token_budget_splits_batches_without_changing_answers(zoo_depot):
+    from registry.inference.backends import load_model
+    from registry.inference.source import from_registry
+
+    source = from_registry(zoo_depot, "zoo/classifier")
+    texts = ["a good day", "a bad day in the city of paris", "ok", "the film was long and sad"]
+    whole = load_model(source, "text-classification", "onnx")
+    small = load_model(source, "text-classification", "onnx", max_batch_tokens=16)
+    shapes = []
+    engine = small.runner.engine
+    small.runner.engine = lambda feeds: shapes.append(feeds["input_ids"].shape) or engine(feeds)
+    assert [r.output for r in small.run(texts, {})] == [r.output for r in whole.run(texts, {})]
+    # Sorted by length, each pass holds at most 16 padded tokens (a longer text goes alone).
+    assert all(rows * width <= 16 or rows == 1 for rows, width in shapes) and len(shapes) > 1
+    assert sum(rows for rows, _ in shapes) == len(texts)

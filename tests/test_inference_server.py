@@ -328,3 +328,10 @@ def test_real_server_64_concurrent_clients_offline(zoo_home, models, guard_log):
             if line.startswith("modeldepot_inference_batch_size_sum{model=\"zoo/classifier")]
     assert len(sums) == 1 and sums[0].endswith(" 64.0")
     assert guard_log() == ""
+
+
+def test_serve_refuses_a_bad_models_entry_at_start_up(cli_subprocess, zoo_home):
+    out = cli_subprocess("--home", zoo_home, "serve", "--port", "0", "--models", "zoo/nope")
+    assert out.returncode == 1
+    assert out.stderr.endswith("Error: model 'zoo/nope' is not in the depot; import or pull it "
+                               "first (see 'modeldepot list')\n")

@@ -14,17 +14,24 @@ from ._common import pass_app
 @click.option("--public-url", help="Base URL clients reach this server at (for Link headers).")
 @click.option("--no-hub-api", is_flag=True, help="Serve only the inference API.")
 @click.option("--no-inference", is_flag=True, help="Serve only the Hub API.")
-@click.option("--models", "preload", multiple=True, metavar="REPO[@REV]",
-              help="Load these models at start-up (repeatable).")
+@click.option("--models", "preload", multiple=True, metavar="REPO[@REV]|NAME=DIR",
+              help="Load these models at start-up (repeatable); NAME=DIR serves a local "
+              "directory (not registered) as NAME.")
 @click.option("--only-registered", is_flag=True,
-              help="Refuse inference for repos that are not in the registry.")
+              help="Serve only repos recorded in the registry: refuse NAME=DIR directories.")
 @click.option("--memory-budget-mb", type=click.IntRange(min=1),
               help="Unload least recently used models beyond this much memory.")
-@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Most inputs one model forward pass takes.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long the oldest waiting input may wait for a batch to fill.")
+@click.option("--max-batch-tokens", default=16384, show_default=True,
+              type=click.IntRange(min=1), help="Token budget of one forward pass (padded).")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Inputs that may wait per model; beyond it requests get 429.")
 @pass_app
 def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, preload, only_registered,
-              memory_budget_mb, max_batch_size, max_wait_ms):
+              memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens, max_queue):
     """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
     from ..server.run import serve
     from ..server.app import ServeOptions
@@ -33,6 +40,7 @@ def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, preload, on
         hub_api=not no_hub_api, inference=not no_inference, preload=list(preload),
         only_registered=only_registered, memory_budget_mb=memory_budget_mb,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
+        max_batch_tokens=max_batch_tokens, max_queue=max_queue,
     )
     serve(app.settings, options, host=host, port=port)
 

@@ -27,6 +27,7 @@ class ServeOptions:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
+    max_batch_tokens: int = 16384
     # the base URL clients use, for absolute Link headers; None: taken from each request
     public_url: str | None = None
 

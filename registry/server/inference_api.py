@@ -22,7 +22,7 @@ import logging
 from aiohttp import web
 
 from ..errors import DepotError, InvalidInput
-from ..inference.service import DEFAULT_MAX_BATCH_TOKENS, InferenceService
+from ..inference.service import InferenceService
 from .app import DEPOT, OPTIONS
 from .ops import METRICS
 
@@ -266,7 +266,7 @@ def setup(app: web.Application) -> None:
         max_batch_size=options.max_batch_size,
         max_wait_ms=options.max_wait_ms,
         max_queue=options.max_queue,
-        max_batch_tokens=getattr(options, "max_batch_tokens", None) or DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens=options.max_batch_tokens,
         only_registered=options.only_registered,
         metrics=app.get(METRICS),
     )
