@@ -163,7 +163,7 @@ def main() -> int:
                     print(f"  baseline  nginx       {gbps(b)}")
                 print(f"  candidate modeldepot  {gbps(c)}")
                 if base:
-                    print(f"  ratio candidate/baseline: {c / b:.2f} (target >= 1.0: "
+                    print(f"  ratio candidate/baseline: {c / b:.3f} (target >= 1.0: "
                           f"{'met' if c / b >= 1.0 else 'NOT met'})")
                 c_conc, c_err = concurrent(cand_url, args.clients, size)
                 print(f"{args.clients} concurrent clients:")
@@ -172,7 +172,7 @@ def main() -> int:
                     print(f"  baseline  nginx       {gbps(b_conc)} aggregate, {b_err} errors")
                 print(f"  candidate modeldepot  {gbps(c_conc)} aggregate, {c_err} errors")
                 if base_url:
-                    print(f"  ratio candidate/baseline: {c_conc / b_conc:.2f}")
+                    print(f"  ratio candidate/baseline: {c_conc / b_conc:.3f}")
                 print(f"no errors with {args.clients} clients: {'met' if c_err == 0 else 'NOT met'}")
         finally:
             if nginx:
