@@ -74,14 +74,14 @@ def main() -> int:
         total = a.resolve("model", "bench/sharded")
         nbytes = sum(f["size"] for f in total["files"])
         with running_server(tmp / "a", ["--no-inference"]) as url:
-            base, cand = [], []
+            base, cand, base_cpu, cand_cpu = [], [], [], []
             for i in range(args.rounds + 1):  # round 0 warms the server and the page cache
                 order = ("cand", "base") if i % 2 else ("base", "cand")
                 for which in order:
                     out = tmp / f"{which}-{i}"
                     # A pull goes into an existing depot: creating its database is not timed.
                     depot = Depot(Settings.from_env(home=out)) if which == "cand" else None
-                    t = time.perf_counter()
+                    t, cpu = time.perf_counter(), os.times()
                     if which == "base":
                         snapshot_download("bench/sharded", cache_dir=out, endpoint=url,
                                           token=False)
@@ -89,8 +89,10 @@ def main() -> int:
                         result = pull(depot, "model", "bench/sharded", endpoint=url)
                         assert result.downloaded_bytes == nbytes
                     elapsed = time.perf_counter() - t
+                    used = sum(os.times()[:2]) - sum(cpu[:2])
                     if i:
                         (base if which == "base" else cand).append(elapsed)
+                        (base_cpu if which == "base" else cand_cpu).append(used)
                     shutil.rmtree(out)
         b, c = statistics.median(base), statistics.median(cand)
         print(f"pull of {len(total['files'])} files, {nbytes / 2**20:.0f} MiB, median of "
@@ -99,6 +101,11 @@ def main() -> int:
         print(f"  candidate modeldepot pull    {c:6.2f} s  ({nbytes / c / 2**20:.0f} MiB/s)")
         print(f"  ratio candidate/baseline: {c / b:.2f} (target <= 1.1: "
               f"{'met' if c / b <= 1.1 else 'NOT met'})")
+        # On a shared machine wall time swings with other load; the client's CPU time (this
+        # process, all threads, user + system) is the steadier figure.
+        bc, cc = statistics.median(base_cpu), statistics.median(cand_cpu)
+        print(f"  client CPU seconds: baseline {bc:.2f}, candidate {cc:.2f}, ratio {cc / bc:.2f}")
+        print(f"  load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 
