@@ -581,6 +581,11 @@ class _TarReader:
         """The next member's header, or None at the end-of-archive marker."""
         at = self.source.position
         head = self.source.read(BLOCK)
+        while at == 0 and 0 < len(head) < BLOCK and (more := self.source.read(BLOCK - len(head))):
+            head += more
+        if at == 0 and len(head) < BLOCK:
+            raise self.error(f"is not a modeldepot bundle (it is {len(head)} bytes, too short for a "
+                             "tar archive)")
         if not head:
             raise self.error("is truncated or a volume is missing (the end-of-archive marker is "
                              "missing)")
@@ -799,7 +804,7 @@ def find_volumes(paths: Sequence[Path | str]) -> list[Path]:
     """The files to read, in order. ``OUT.000`` alone brings its numbered siblings along."""
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and (m := _VOLUME_RE.match(paths[0].name)) and m.group(2) == "000":
-        paths = list(paths[0].parent.glob(f"{glob.escape(m.group(1))}.[0-9][0-9][0-9]"))
+        paths = list(paths[0].parent.glob(f"{glob.escape(m.group(1))}.[0-9][0-9][0-9]")) or paths
     numbered = [_VOLUME_RE.match(p.name) for p in paths]
     if all(numbered):
         paths = [p for _, p in sorted(zip(numbered, paths), key=lambda x: int(x[0].group(2)))]

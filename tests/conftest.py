@@ -62,7 +62,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     for var in ("MODELDEPOT_DB_URL", "MODELDEPOT_ENDPOINT", "MODELDEPOT_TOKEN", "HF_TOKEN",
                 "MODELDEPOT_DEBUG", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
-                "HUGGINGFACE_HUB_CACHE"):
+                "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE", "MODELDEPOT_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     return home
 

@@ -375,6 +375,8 @@ HOSTILE = {
         b"PK\x03\x04" + b"\x01" * 2000,
         "the bundle on stdin is not a modeldepot bundle or is damaged (bad tar header at byte 0: "
         "invalid header)"),
+    "empty": lambda s: (
+        b"", "the bundle on stdin is not a modeldepot bundle (it is 0 bytes, too short for a tar archive)"),
     "unknown version": lambda s: (
         tar_of(standard(s, _edit(s, lambda m: m.update(format="modeldepot-bundle/9")))),
         "the bundle on stdin has bundle format 'modeldepot-bundle/9'; this modeldepot reads "

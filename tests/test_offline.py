@@ -37,7 +37,8 @@ def test_registry_bundle_and_lock_commands_never_touch_the_network(cli_subproces
 
     # The guard is live in these subprocesses: a sync that does need the upstream is refused
     # by it (and says so), which is what the empty log above is measured against.
-    r = cli_subprocess("--home", tmp_path / "c", "sync", lock, env=UNROUTABLE)
+    online = {**UNROUTABLE, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    r = cli_subprocess("--home", tmp_path / "c", "sync", lock, env=online)
     assert r.returncode == 1
     assert r.stderr.endswith("Error: 1 locked revision(s) could not be pulled from http://192.0.2.1; "
                              "see the lines above, or import a bundle that holds them\n")
