@@ -35,7 +35,17 @@ from .naming import (
     validate_repo_id,
     validate_repo_type,
 )
-from .store import Store, check_relpath, etag_for, file_lock, hash_file, repo_folder_name
+from .store import (
+    Digest,
+    Store,
+    check_relpath,
+    etag_for,
+    file_lock,
+    git_blob_sha1,
+    hash_file,
+    lfs_pointer,
+    repo_folder_name,
+)
 
 
 @dataclass
@@ -50,6 +60,13 @@ class FileRecord:
     @property
     def etag(self) -> str:
         return etag_for(self.sha256, self.git_sha1, self.lfs)
+
+    @classmethod
+    def from_digest(cls, path: str, digest: Digest, lfs: bool, verification: str = "local") -> "FileRecord":
+        """``git_sha1`` is the git blob id the Hub reports (tree ``oid``, sibling ``blobId``):
+        for an LFS file that is the id of its pointer file, not of the content."""
+        git_sha1 = git_blob_sha1(lfs_pointer(digest.sha256, digest.size)) if lfs else digest.git_sha1
+        return cls(path, digest.size, digest.sha256, git_sha1, lfs, verification)
 
 
 @dataclass
@@ -695,6 +712,8 @@ class Depot:
                 # Only trust a live pid for a day; pids get reused.
                 if time.time() - p.lstat().st_mtime < 86400:
                     continue
+            elif not pid_s.isdigit() and _flocked(p):
+                continue  # a resumable partial download that a live pull holds (registry/hub.py)
             yield p
 
     # -- disk use and verification -----------------------------------------------------------
@@ -815,6 +834,25 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _flocked(path: Path) -> bool:
+    """True when another process holds an flock on ``path``."""
+    import fcntl
+
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also releases the lock if we got it
+    return False
 
 
 def _du(path: Path) -> int:

@@ -888,6 +888,5 @@ def _check_extends(depot: Depot, repo_type: str, name: str, commit: str,
 def _record(f: UpstreamFile, d: Digest) -> FileRecord:
     verified = bool(f.sha256) or (f.lfs is False and bool(f.git_sha1))
     lfs = f.lfs if f.lfs is not None else is_lfs(f.path, d.size)
-    return FileRecord(f.path, d.size, d.sha256, d.git_sha1, lfs,
-                      "verified" if verified else "computed")
+    return FileRecord.from_digest(f.path, d, lfs, "verified" if verified else "computed")
 

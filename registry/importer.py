@@ -227,7 +227,7 @@ def import_dir(
         if progress:
             progress(d.size)
         failpoint("import:after-file")
-        return FileRecord(rel, d.size, d.sha256, d.git_sha1, is_lfs(rel, d.size), "local")
+        return FileRecord.from_digest(rel, d, is_lfs(rel, d.size), "local")
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
         files = list(pool.map(ingest, entries))

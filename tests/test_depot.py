@@ -113,6 +113,13 @@ def test_import_records_metadata(depot, models):
     assert info["revision"]["meta"]["parameter_count"] == sum(p.numel() for p in model.parameters())
     files = {f["path"]: f for f in info["revision"]["files"]}
     assert files["model.safetensors"]["lfs"] is True and files["config.json"]["lfs"] is False
+    # git_sha1 is what the Hub reports as the blob id: the content's, or the LFS pointer's
+    from registry.store import git_blob_sha1, lfs_pointer
+
+    src = models.get("classifier")
+    weights = files["model.safetensors"]
+    assert weights["git_sha1"] == git_blob_sha1(lfs_pointer(weights["sha256"], weights["size"]))
+    assert files["config.json"]["git_sha1"] == git_blob_sha1((src / "config.json").read_bytes())
     assert info["revision"]["commit"] == result.commit
 
 
@@ -442,3 +449,18 @@ def test_every_command_has_help(cli):
         r = cli(*path, "--help")
         assert r.exit_code == 0, path
         assert cmd.help, f"'modeldepot {' '.join(path)}' has no help text"
+
+
+def test_gc_keeps_a_partial_download_that_a_live_process_holds(cli, home):
+    import fcntl
+
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    held = home / "tmp" / "pull-abc.incomplete"
+    dead = home / "tmp" / "pull-def.incomplete"
+    held.write_bytes(b"partial")
+    dead.write_bytes(b"partial")
+    with open(held, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        r = json.loads(cli("gc", "--json").output)
+        assert r["temp_files"] == 1
+        assert held.exists() and not dead.exists()

@@ -125,9 +125,11 @@ def show_cmd(app, spec, repo_type, as_json):
     if rev["recipe"]:
         r = rev["recipe"]
         click.echo("  recipe: " + ", ".join(f"{k}={r[k]}" for k in sorted(r) if not isinstance(r[k], (dict, list))))
+    # "computed": upstream gave no hash to check against, so the sha256 is of what arrived
     click.echo(table(
-        [(f["path"], human_size(f["size"]), "lfs" if f["lfs"] else "", f["sha256"]) for f in rev["files"]],
-        ["PATH", "SIZE", "LFS", "SHA256"],
+        [(f["path"], human_size(f["size"]), "lfs" if f["lfs"] else "", f["sha256"],
+          f["verification"]) for f in rev["files"]],
+        ["PATH", "SIZE", "LFS", "SHA256", "CHECK"],
     ))
 
 
