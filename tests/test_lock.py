@@ -132,6 +132,12 @@ def test_verify_lock_reports_what_is_not_registered(cli, locked, tmp_path):
     r = cli("--home", locked["home"], "verify", "--lock", tampered)
     assert r.exit_code == 1
     assert r.output.splitlines()[0] == f"NOT REGISTERED: org/clf@{commit[:12]} {path}"
+    r = cli("--home", locked["home"], "sync", tampered, "--offline")
+    assert r.exit_code == 1
+    assert f"DIFFERS  org/clf@{commit[:12]} (its files are not the locked ones)" in r.stdout.splitlines()
+    assert r.stderr == ("Error: 1 locked revision(s) are in the depot with other files than the lockfile "
+                        "pins; the lockfile or the depot was altered: check with 'modeldepot verify "
+                        "--lock FILE'\n")
     r = cli("--home", locked["home"], "verify", "org/clf", "--lock", tampered)
     assert (r.exit_code, r.stderr.splitlines()[-1]) == (2, "Error: give REPO[@REV] or --lock FILE, not both")
 
