@@ -104,9 +104,11 @@ def upstream_error(exc: Exception, *, endpoint: str, repo_type: str = "model",
             "access (--token or HF_TOKEN)"
         )
     if isinstance(exc, hf.RepositoryNotFoundError) or (status == 404 and what == label):
+        other = "dataset" if repo_type == "model" else "model"
         return RepoNotFound(
             f"{label} was not found on {endpoint} (if it is private, pass a token with "
-            "--token or HF_TOKEN); check the repo id with 'modeldepot search'"
+            f"--token or HF_TOKEN; if it is a {other}, add --type {other}); check the repo id "
+            "with 'modeldepot search'"
         )
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__

@@ -604,12 +604,13 @@ def test_dataset_goes_from_depot_a_to_b_and_loads_through_the_hub_api(cli, sourc
         for name in ("reviews", "notes"):
             r = cli("--home", b, "pull", f"org/{name}", "--type", "dataset", "--endpoint", url_a)
             assert r.exit_code == 0, r.output
-        for args, label in ((["org/reviews"], "org/reviews"),
-                            (["org/clf", "--type", "dataset"], "datasets/org/clf")):
+        for args, label, other in ((["org/reviews"], "org/reviews", "dataset"),
+                                   (["org/clf", "--type", "dataset"], "datasets/org/clf", "model")):
             r = cli("--home", b, "pull", *args, "--endpoint", url_a)
             assert (r.exit_code, r.output) == (1, (
                 f"Error: {label} was not found on {url_a} (if it is private, pass a token with "
-                "--token or HF_TOKEN); check the repo id with 'modeldepot search'\n"))
+                f"--token or HF_TOKEN; if it is a {other}, add --type {other}); check the repo id "
+                "with 'modeldepot search'\n"))
 
     assert cli("--home", b, "dataset", "info", "org/reviews", "--json").output == info_a
     assert json.loads(cli("--home", b, "verify", "--json").output)["ok"] is True

@@ -288,7 +288,8 @@ def test_wrong_byte_is_refused_and_nothing_registered(depot, upstream, cli):
 @pytest.mark.parametrize("args, status, message", [
     (["org/nope"], None,
      "Error: org/nope was not found on {url} (if it is private, pass a token with --token or "
-     "HF_TOKEN); check the repo id with 'modeldepot search'"),
+     "HF_TOKEN; if it is a dataset, add --type dataset); check the repo id with "
+     "'modeldepot search'"),
     (["org/clf@v9"], None,
      "Error: revision 'v9' of org/clf does not exist on {url}; see 'modeldepot info org/clf' "
      "for its branches and tags"),
@@ -303,7 +304,8 @@ def test_wrong_byte_is_refused_and_nothing_registered(depot, upstream, cli):
      "that has access (--token or HF_TOKEN)"),
     (["org/clf", "--type", "dataset"], None,
      "Error: datasets/org/clf was not found on {url} (if it is private, pass a token with "
-     "--token or HF_TOKEN); check the repo id with 'modeldepot search'"),
+     "--token or HF_TOKEN; if it is a model, add --type model); check the repo id with "
+     "'modeldepot search'"),
 ])
 def test_upstream_errors_are_one_line(depot, upstream, cli, args, status, message):
     upstream["faults"].status = status
