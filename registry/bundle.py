@@ -1082,8 +1082,13 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
             if info.size != declared[sha]:
                 raise reader.error(f": member {info.name} is {info.size} bytes but {MANIFEST_NAME} "
                                    f"declares {declared[sha]}")
-            if sha not in plan.to_write or depot.store.has_blob(sha, info.size):
+            if sha not in plan.to_write:
                 reader.skip(info)
+                continue
+            if depot.store.has_blob(sha, info.size):  # a concurrent import stored it meanwhile
+                reader.skip(info)
+                _check_git_sha1(sha, info.size, {hash_file(depot.store.blob_path(sha)).git_sha1},
+                                claims[sha], label)
                 continue
             digest = receiver.receive(reader, info, sha)
             _check_git_sha1(sha, info.size, {digest.git_sha1}, claims[sha], label)
@@ -1104,9 +1109,12 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
     try:
-        for rev in manifest["revisions"]:
-            _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
+        # A concurrent import of the same revision may publish it first: report what this did.
+        for row, rev in zip(summary["revisions"], manifest["revisions"], strict=True):
+            row["created"] = _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
     except BaseException:
         _discard(depot, receiver.sealed)  # keeps what the revisions published so far use
         raise
+    summary["created"] = sum(row["created"] for row in summary["revisions"])
+    summary["present"] = len(summary["revisions"]) - summary["created"]
     return summary

@@ -487,3 +487,19 @@ def test_killed_import_leaves_no_revision_and_rerun_completes(source, tmp_path):
     inv_a, inv_b = source.depot.inventory(), depot.inventory()
     assert (inv_b["blobs"], inv_b["revisions"]) == (inv_a["blobs"], inv_a["revisions"])
     assert depot.verify()["ok"]
+
+
+def test_concurrent_imports_of_one_bundle_both_succeed(source, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.bundle import import_bundle
+
+    b = tmp_path / "b"
+    open_depot(b)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: import_bundle(open_depot(b), [source.bundle]), range(2)))
+    assert sorted(r["created"] for r in results) in ([0, 2], [1, 1])
+    depot = open_depot(b)
+    inv_a, inv_b = source.depot.inventory(), depot.inventory()
+    assert (inv_b["blobs"], inv_b["revisions"]) == (inv_a["blobs"], inv_a["revisions"])
+    assert depot.verify()["ok"]
