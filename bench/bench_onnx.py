@@ -2,8 +2,8 @@
 
 For each model shape (random weights: timing does not depend on them) a sequence classifier is
 built, imported into a throw-away depot and exported with ``registry.export.export_onnx``
-(``--optimize`` level, dynamic int8). The three engines then run the same batches, interleaved
-call by call so that load from other processes hits all of them alike; the table gives p50
+(``--optimize`` level, dynamic int8). The three engines then run the same batches in rounds of
+per-engine blocks, so that load from other processes hits all of them alike; the table gives p50
 latency, throughput, and each engine's ratio to PyTorch from this one run.
 
     python bench/bench_onnx.py            # BERT-base and MiniLM-L6, 1x16 and 32x128
@@ -42,10 +42,15 @@ def build(shape: str, root: Path, optimize: str | None) -> tuple[Path, dict, flo
     return snapshot, result["recipe"], took
 
 
-def engines(snapshot: Path):
+def engines(snapshot: Path, threads: int | None):
     import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification
+
+    options = ort.SessionOptions()
+    if threads:
+        torch.set_num_threads(threads)
+        options.intra_op_num_threads = threads
 
     # The baseline is transformers as users load it (its default attention implementation).
     model = AutoModelForSequenceClassification.from_pretrained(snapshot).eval()
@@ -55,7 +60,7 @@ def engines(snapshot: Path):
             return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
 
     def session(name):
-        sess = ort.InferenceSession(str(snapshot / "onnx" / name),
+        sess = ort.InferenceSession(str(snapshot / "onnx" / name), sess_options=options,
                                     providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         return lambda feed: sess.run(None, {n: feed[n] for n in names})
@@ -71,20 +76,24 @@ def fused_attention(path: Path) -> int:
     return sum(n.op_type in ("Attention", "MultiHeadAttention") for n in graph.node)
 
 
-def measure(runs: dict, batch: int, length: int, calls: int) -> dict[str, list[float]]:
+def measure(runs: dict, batch: int, length: int, calls: int, rounds: int) -> dict[str, list[float]]:
+    """``rounds`` rounds; in each, every engine gets one untimed call and then ``calls`` timed
+    ones. Blocks rather than call-by-call interleaving: ORT's intra-op threads spin for a while
+    after a run (and OpenMP's do too), which would slow whichever engine runs next. Rounds still
+    spread slow drift in the machine's load over all engines."""
     import numpy as np
 
     ids = np.random.default_rng(0).integers(1000, 30000, size=(batch, length), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
             "token_type_ids": np.zeros_like(ids)}
-    for run in runs.values():  # warm-up: allocations, kernel choice
-        run(feed)
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(calls):
+    for _ in range(rounds):
         for name, run in runs.items():
-            t = time.perf_counter()
-            run(feed)
-            times[name].append(time.perf_counter() - t)
+            run(feed)  # untimed: first-call allocations, and the previous engine's spinning
+            for _ in range(calls):
+                t = time.perf_counter()
+                run(feed)
+                times[name].append(time.perf_counter() - t)
     return times
 
 
@@ -93,20 +102,27 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="MiniLM-L6 only, fewer calls")
     p.add_argument("--shapes", default=None, help="comma list of bert-base, minilm-l6")
     p.add_argument("--optimize", default="O2", choices=["none", "O1", "O2", "O3"])
-    p.add_argument("--calls-small", type=int, default=None, help="timed calls at 1x16")
-    p.add_argument("--calls-large", type=int, default=None, help="timed calls at 32x128")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for both engines [default: each engine's own, all "
+                        "cores]; 1 keeps a busy shared machine from skewing the ratios")
+    p.add_argument("--calls-small", type=int, default=None,
+                   help="timed calls per round at 1x16 (3 rounds)")
+    p.add_argument("--calls-large", type=int, default=None,
+                   help="timed calls per round at 32x128 (2 rounds)")
     args = p.parse_args()
     shapes = (args.shapes.split(",") if args.shapes else
               ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"])
-    calls = {CASES[0]: args.calls_small or (10 if args.quick else 30),
-             CASES[1]: args.calls_large or (2 if args.quick else 4)}
+    # (rounds, timed calls per round); one BERT-base 32x128 PyTorch call takes seconds here
+    plan = {CASES[0]: (3, args.calls_small or (5 if args.quick else 10)),
+            CASES[1]: (2, args.calls_large or 1)}
     optimize = None if args.optimize == "none" else args.optimize
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import onnxruntime
     import torch
 
-    print(f"CPU threads: torch {torch.get_num_threads()}, os.cpu_count() {os.cpu_count()}; "
+    print(f"intra-op threads: {args.threads or 'default'} (torch default {torch.get_num_threads()}"
+          f", os.cpu_count() {os.cpu_count()}); "
           f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}; "
           f"export: optimize {optimize or 'none'}, dynamic int8")
     rows = []
@@ -118,9 +134,10 @@ def main() -> int:
                   f"{fused_attention(snapshot / 'onnx' / 'model.onnx')}; fp32 max abs diff "
                   f"{max(recipe['validation']['fp32']['max_abs_diff'].values()):.1e}; int8 "
                   f"{int8['metric']} {int8['value']:.3f} (random weights)")
-            runs = engines(snapshot)
+            runs = engines(snapshot, args.threads)
             for batch, length in CASES:
-                times = measure(runs, batch, length, calls[(batch, length)])
+                rounds, calls = plan[(batch, length)]
+                times = measure(runs, batch, length, calls, rounds)
                 base_p50 = statistics.median(times["pytorch"])
                 base_tput = batch / statistics.mean(times["pytorch"])
                 for name, ts in times.items():
