@@ -599,6 +599,8 @@ def _encoder_inputs(tokenizer, config, task: str) -> dict:
         ids = _synthetic_ids(config, len(SAMPLE_TEXTS), 16)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids),
                 "token_type_ids": np.zeros_like(ids)}
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style tokenizers cannot pad otherwise
     kwargs = dict(padding=True, truncation=True, max_length=128, return_tensors="np")
     if task == "question-answering":
         pairs = SAMPLE_QA * 2

@@ -159,6 +159,11 @@ def test_rerun_same_recipe_is_a_noop(cli, depot, models, monkeypatch):
     assert depot.resolve("model", "org/clf", "edge")["commit"] == first["commit"]
     assert len(depot.show("model", "org/clf")["revisions"]) == 2
 
+    r = cli("onnx", "export", "org/clf@onnx")
+    assert (r.exit_code, r.output) == (1, (
+        f"Error: org/clf@{first['commit'][:12]} is itself a derived (onnx) revision; export its "
+        f"source instead: org/clf@{parent}\n"))
+
 
 def _state(depot):
     inv = depot.inventory()
