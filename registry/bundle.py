@@ -501,11 +501,15 @@ class _Receiver:
         self.sealing: list = []
         self.sealed: list[str] = []
 
-    def receive(self, reader: "_TarReader", info: tarfile.TarInfo, sha: str) -> Digest:
+    def receive(self, reader: "_TarReader", info: tarfile.TarInfo, sha: str, git_sha1: bool) -> Digest:
+        """``git_sha1``: also hash the content's git blob id. Not needed when every file of the
+        blob is an LFS file whose git id is its pointer's (then the digest's git_sha1 is "")."""
         size = info.size
         tmp = self.store.tmp_path(f"blob-{sha[:16]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        h256, h1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)  # as store.Hasher
+        hashers = [hashlib.sha256()]
+        if git_sha1:
+            hashers.append(hashlib.sha1(b"blob %d\0" % size))  # as store.Hasher
         try:
             pending: tuple = ()
             remaining = size
@@ -513,7 +517,7 @@ class _Receiver:
                 chunk = reader.read_exact(min(COPY_CHUNK, remaining), info.name)
                 for fut in pending:
                     fut.result()
-                pending = (self.hashers.submit(h256.update, chunk), self.hashers.submit(h1.update, chunk))
+                pending = tuple(self.hashers.submit(h.update, chunk) for h in hashers)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
@@ -525,7 +529,7 @@ class _Receiver:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        digest = Digest(h256.hexdigest(), h1.hexdigest(), size)
+        digest = Digest(hashers[0].hexdigest(), hashers[1].hexdigest() if git_sha1 else "", size)
         if digest.sha256 != sha:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -1090,7 +1094,9 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
                 _check_git_sha1(sha, info.size, {hash_file(depot.store.blob_path(sha)).git_sha1},
                                 claims[sha], label)
                 continue
-            digest = receiver.receive(reader, info, sha)
+            pointer = git_blob_sha1(lfs_pointer(sha, info.size))
+            need_git_sha1 = any(not f["lfs"] or f["git_sha1"] != pointer for f in claims[sha])
+            digest = receiver.receive(reader, info, sha, need_git_sha1)
             _check_git_sha1(sha, info.size, {digest.git_sha1}, claims[sha], label)
             summary["blobs_written"] += 1
             summary["bytes_written"] += info.size

@@ -38,7 +38,7 @@ def add_derived(depot: Depot, name: str = "org/clf") -> tuple[str, str]:
     base = depot.resolve("model", name)
     d = depot.store.ingest_stream(io.BytesIO(GRAPH), len(GRAPH), label="onnx")
     files = [FileRecord(f["path"], f["size"], f["sha256"], f["git_sha1"], f["lfs"]) for f in base["files"]]
-    files.append(FileRecord("onnx/model.onnx", d.size, d.sha256, d.git_sha1, True))
+    files.append(FileRecord.from_digest("onnx/model.onnx", d, lfs=True))
     commit = compute_commit(files, salt="onnx")
     depot.publish(repo_type="model", name=name, commit=commit, files=files, source="derived",
                   parent_commit=base["commit"], refs=[("onnx", "alias")],
@@ -404,6 +404,10 @@ HOSTILE = {
     "bad repo field": lambda s: (
         tar_of(standard(s, _edit(s, lambda m: m["repos"][0]["fields"].update(downloads="many")))),
         "the bundle on stdin: manifest.json is invalid: org/clf: downloads must be int or null"),
+    "forged lfs git sha1": lambda s: (
+        tar_of(standard(s, _edit(s, lambda m: _file(m, "model.safetensors").update(git_sha1="1" * 40)))),
+        f"the bundle on stdin: git sha1 {'1' * 40} recorded for model.safetensors does not match blob "
+        f"{_file(s.manifest, 'model.safetensors')['sha256']}; refusing it"),
     "forged git sha1": lambda s: (
         tar_of(standard(s, _edit(s, lambda m: _file(m, "config.json").update(git_sha1="0" * 40)))),
         f"the bundle on stdin: git sha1 {'0' * 40} recorded for config.json does not match blob "
