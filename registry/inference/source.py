@@ -155,7 +155,7 @@ def from_registry(depot, spec: str) -> ModelSource:
     """Resolve ``REPO[@REV|ALIAS]`` in the registry; ONNX derived revisions come along."""
     from sqlalchemy import select
 
-    from ..models import Artifact, Ref, Repo, Revision
+    from ..models import Artifact, Repo, Revision
 
     parsed = parse_spec(spec)
     with depot.db.session() as s:
