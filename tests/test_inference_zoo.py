@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Imported here, at collection, with the test session's own settings: an in-process load must
+# not be the first import and so freeze huggingface_hub offline for the session (see
+# registry.inference.backends.offline_env).
+import huggingface_hub  # noqa: F401
 import numpy as np
 import pytest
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,15 @@ POOLING_MODES = {
 
 
 def offline_env() -> None:
-    """Before transformers / huggingface_hub are imported: never try the network."""
+    """Before transformers / huggingface_hub are first imported: never try the network.
+
+    Both read these variables once, at import. A process that imported them already (a test
+    session, an application embedding modeldepot) keeps its setting: our loads are local paths
+    with ``local_files_only`` either way, and turning a long-lived process offline would break
+    its other users (a pull, say).
+    """
+    if "huggingface_hub" in sys.modules or "transformers" in sys.modules:
+        return
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
