@@ -402,7 +402,7 @@ def _export_locked(depot: Depot, plan: ExportPlan, *, atol: float, force: bool,
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = "onnx/" + path.relative_to(out).as_posix()
             d = depot.store.adopt(path, label=rel)
-            new_files.append(FileRecord(rel, d.size, d.sha256, d.git_sha1, is_lfs(rel, d.size)))
+            new_files.append(FileRecord.from_digest(rel, d, lfs=is_lfs(rel, d.size)))
         # The export owns onnx/: an upstream onnx/ folder in the source would mix with ours.
         kept = [FileRecord(f["path"], f["size"], f["sha256"], f["git_sha1"], f["lfs"],
                            f["verification"])
