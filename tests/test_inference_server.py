@@ -335,3 +335,17 @@ def test_serve_refuses_a_bad_models_entry_at_start_up(cli_subprocess, zoo_home):
     assert out.returncode == 1
     assert out.stderr.endswith("Error: model 'zoo/nope' is not in the depot; import or pull it "
                                "first (see 'modeldepot list')\n")
+
+
+def test_an_input_error_names_its_place_in_its_own_request(zoo_home):
+    """Two requests share one batch (size 2, long wait); the second's bad input is its input 0."""
+
+    async def check(client, app):
+        good, bad = await asyncio.gather(
+            post(client, "/models/zoo/fill-mask", {"inputs": "a [MASK] day"}),
+            post(client, "/models/zoo/fill-mask", {"inputs": "no mask here"}))
+        assert good[0] == 200 and len(good[1]) == 5
+        assert bad[:2] == (422, {"error": "input 0 has no [MASK] token: put [MASK] where the "
+                                          "missing word goes", "error_type": "InvalidInput"})
+
+    serve(zoo_home, check, max_batch_size=2, max_wait_ms=10000)

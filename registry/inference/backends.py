@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from .encoders import EncoderRunner, Pooling, Result
+from .encoders import EncoderRunner, InputError, Pooling, Result
 from .source import TORCH_WEIGHTS, ModelSource, OnnxExport
 from .tasks import ENCODER_TASKS, task_family
 
@@ -207,14 +207,14 @@ class GenerationRunner:
 
     def run(self, items: list, params: dict) -> list:
         results: list = []
-        for i, text in enumerate(items):
+        for text in items:
             try:
-                results.append(self._one(i, text, params))
+                results.append(self._one(text, params))
             except InvalidInput as e:
                 results.append(e)
         return results
 
-    def _one(self, i: int, text: str, params: dict) -> Result:
+    def _one(self, text: str, params: dict) -> Result:
         kwargs = dict(params)
         n = len(self.tokenizer(text)["input_ids"])
         truncated = False
@@ -222,9 +222,9 @@ class GenerationRunner:
         if self.limit:
             if self.family == "text-generation":
                 if n >= self.limit:
-                    raise InvalidInput(
-                        f"input {i} is {n} tokens; this model takes at most {self.limit} tokens "
-                        "of prompt and generated text together: shorten the prompt"
+                    raise InputError(
+                        f"is {n} tokens; this model takes at most {self.limit} tokens of prompt "
+                        "and generated text together: shorten the prompt"
                     )
                 room = self.limit - n
             elif n > self.limit:
@@ -242,7 +242,7 @@ class GenerationRunner:
         try:
             output = self.pipe(text, **kwargs)
         except (ValueError, TypeError) as e:
-            raise InvalidInput(f"generation failed for input {i}: {e}") from None
+            raise InputError(f"could not be generated from: {e}") from None
         return Result(output, truncated=truncated, tokens=n)
 
 

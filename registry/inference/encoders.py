@@ -28,6 +28,11 @@ OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"
 FILL_MASK_LOGIT_BYTES = 256 * 1024 * 1024
 
 
+class InputError(InvalidInput):
+    """One input's fault, said without its position: only the caller knows where it stood in
+    the request (a server batch mixes requests), so ``service.answer`` prefixes "input N"."""
+
+
 @dataclass
 class Result:
     """One item's answer, with what the caller should be told about it."""
@@ -109,9 +114,9 @@ class EncoderRunner:
         outputs = self.forward(encodings)
         results: list = []
         post = getattr(self, "_post_" + self.task.replace("-", "_"))
-        for i, (item, enc, out) in enumerate(zip(items, encodings, outputs)):
+        for item, enc, out in zip(items, encodings, outputs):
             try:
-                value = post(item, enc, out, params, i)
+                value = post(item, enc, out, params)
             except InvalidInput as e:
                 results.append(e)
                 continue
@@ -170,7 +175,7 @@ class EncoderRunner:
             return "softmax"
         return self.config.get("function_to_apply") or "none"
 
-    def _post_text_classification(self, item, enc, out, params, i):
+    def _post_text_classification(self, item, enc, out, params):
         logits = out["logits"].astype(np.float32)
         fn = self._function(params)
         scores = sigmoid(logits) if fn == "sigmoid" else softmax(logits) if fn == "softmax" else logits
@@ -183,7 +188,7 @@ class EncoderRunner:
 
     # -- token classification --------------------------------------------------------------
 
-    def _post_token_classification(self, item, enc, out, params, i):
+    def _post_token_classification(self, item, enc, out, params):
         strategy = params.get("aggregation_strategy", "simple")
         ignore = params.get("ignore_labels", ["O"])
         scores = softmax(out["logits"].astype(np.float32))
@@ -303,16 +308,15 @@ class EncoderRunner:
             raise InvalidInput("none of the 'targets' is in the model's vocabulary")
         return np.array(list(set(ids)))
 
-    def _post_fill_mask(self, item, enc, out, params, i):
+    def _post_fill_mask(self, item, enc, out, params):
         tok = self.tokenizer
         if tok.mask_token_id is None:
             raise InvalidInput("this model's tokenizer has no mask token; it cannot do fill-mask")
         input_ids = np.array(enc.ids)
         masked = np.nonzero(input_ids == tok.mask_token_id)[0]
         if masked.size == 0:
-            raise InvalidInput(
-                f"input {i} has no {tok.mask_token} token: put {tok.mask_token} where the "
-                "missing word goes"
+            raise InputError(
+                f"has no {tok.mask_token} token: put {tok.mask_token} where the missing word goes"
             )
         top_k = params.get("top_k", 5)
         target_ids = self._target_ids(params["targets"]) if "targets" in params else None
@@ -368,7 +372,7 @@ class EncoderRunner:
                 return out[name]
         raise InvalidInput("this model gives no token embeddings; it cannot do feature-extraction")
 
-    def _post_feature_extraction(self, item, enc, out, params, i):
+    def _post_feature_extraction(self, item, enc, out, params):
         tokens = self._token_embeddings(out)
         default_modes = self.pooling.modes if self.pooling else None
         pooling = params.get("pooling")
@@ -378,7 +382,7 @@ class EncoderRunner:
         normalize = params.get("normalize", self.pooling.normalize if self.pooling else False)
         return self._pool(tokens, modes, normalize)
 
-    def _post_sentence_similarity(self, item, enc, out, params, i):
+    def _post_sentence_similarity(self, item, enc, out, params):
         modes = self.pooling.modes if self.pooling else ("mean",)
         return self._pool(self._token_embeddings(out), modes, True)
 

@@ -12,6 +12,7 @@ from typing import Any, Hashable
 
 from ..errors import InvalidInput
 from .cache import MB, ModelCache
+from .encoders import InputError
 from .source import ModelSource, from_directory, from_registry, is_path
 from .tasks import Request, collate, parse_inputs
 
@@ -42,7 +43,9 @@ class Answer:
 
 
 def answer(model, request: Request, results: list) -> Answer:
-    for result in results:
+    for i, result in enumerate(results):
+        if isinstance(result, InputError):
+            raise InvalidInput(f"input {i} {result}")
         if isinstance(result, BaseException):
             raise result
     truncated = [i for i, r in enumerate(results) if r.truncated]
