@@ -40,6 +40,12 @@ class DepotGroup(click.Group):
             if _debug():
                 raise
             raise click.ClickException(f"{e.strerror or e} ({e.filename or type(e).__name__})") from None
+        except Exception as e:  # a bug, not bad input: still one line, with the way to see more
+            if _debug():
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (set MODELDEPOT_DEBUG=1 for the traceback)"
+            ) from None
 
 
 @click.group(cls=DepotGroup, context_settings=CONTEXT_SETTINGS)

@@ -464,3 +464,19 @@ def test_gc_keeps_a_partial_download_that_a_live_process_holds(cli, home):
         r = json.loads(cli("gc", "--json").output)
         assert r["temp_files"] == 1
         assert held.exists() and not dead.exists()
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(cli, monkeypatch):
+    from registry.depot import Depot
+
+    def boom(self, **kwargs):
+        raise ValueError("something broke")
+
+    monkeypatch.setattr(Depot, "list_repos", boom)
+    r = cli("list")
+    assert r.exit_code == 1
+    assert r.output == ("Error: unexpected ValueError: something broke "
+                        "(set MODELDEPOT_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("MODELDEPOT_DEBUG", "1")
+    with pytest.raises(ValueError, match="something broke"):
+        cli("list")
