@@ -83,7 +83,7 @@ def candidate(home_a: Path, work: Path) -> tuple[float, float]:
 
 
 def main() -> int:
-    from registry.bundle import parse_size
+    from registry.units import parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="2G", help="total bytes of model files (default 2G)")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve_files import parse_size  # noqa: E402
+from registry.units import parse_size  # noqa: E402
 from serverutil import running_server  # noqa: E402
 
 from registry.config import Settings  # noqa: E402

@@ -35,6 +35,7 @@ from serverutil import free_port, running_server, stop_process, wait_http  # noq
 from registry.config import Settings  # noqa: E402
 from registry.depot import Depot  # noqa: E402
 from registry.importer import import_dir  # noqa: E402
+from registry.units import parse_size  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;
@@ -60,16 +61,6 @@ http {{
     }}
 }}
 """
-
-
-def parse_size(text: str) -> int:
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6,
-             "gb": 10**9, "b": 1}
-    t = text.strip().lower()
-    for unit, factor in units.items():
-        if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * factor)
-    return int(t)
 
 
 def make_model(directory: Path, size: int) -> None:

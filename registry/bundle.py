@@ -42,7 +42,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from . import __version__
-from .depot import Depot, FileRecord, _iso
+from .depot import Depot, FileRecord
+from .units import iso_z
 from .errors import Conflict, DepotError, IntegrityError, InvalidInput
 from .models import REF_KINDS, File, Ref, Repo, Revision, utcnow
 from .naming import is_commit, parse_spec, validate_ref_name, validate_repo_id, validate_repo_type
@@ -75,22 +76,6 @@ Progress = Callable[[int], None] | None
 
 # -- sizes ---------------------------------------------------------------------------------------
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``700M``, ``4G``, ``4GiB`` (powers of 1024, as GNU split reads them), ``4GB`` (of 1000),
-    or a plain number of bytes."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise InvalidInput(f"invalid size {text!r}: use bytes or a number with K, M, G or T "
-                           "(powers of 1024; KB, MB, GB for powers of 1000)")
-    number, unit, suffix = m.group(1), m.group(2).upper(), m.group(3).lower()
-    base = 1000 if suffix == "b" else 1024
-    exponent = " KMGT".index(unit) if unit else 0
-    return int(float(number) * base**exponent)
-
-
 def _padding(size: int) -> int:
     return -size % BLOCK
 
@@ -119,7 +104,7 @@ def _repo_fields(repo: Repo) -> dict[str, Any]:
     out = {}
     for key in REPO_FIELDS:
         value = getattr(repo, key)
-        out[key] = _iso(value) if key in DATETIME_FIELDS else value
+        out[key] = iso_z(value) if key in DATETIME_FIELDS else value
     return out
 
 
@@ -132,7 +117,7 @@ def revision_entry(repo: Repo, rev: Revision) -> dict[str, Any]:
         "commit": rev.commit,
         "parent_commit": rev.parent_commit,
         "source": rev.source,
-        "created_at": _iso(rev.created_at),
+        "created_at": iso_z(rev.created_at),
         "refs": sorted(({"name": r.name, "kind": r.kind} for r in repo.refs if r.commit == rev.commit),
                        key=lambda r: r["name"]),
         "artifact": ({"kind": art.kind, "recipe_key": art.recipe_key, "recipe": art.recipe}
@@ -375,7 +360,7 @@ def create_bundle(
     manifest = {
         "format": FORMAT,
         "bundle_id": uuid.uuid4().hex,
-        "created_at": _iso(created),
+        "created_at": iso_z(created),
         "created_by": f"modeldepot {__version__}",
         "source_depot_id": depot.depot_id(),
         "archive_size": 0,

@@ -17,7 +17,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -46,6 +45,7 @@ from .store import (
     lfs_pointer,
     repo_folder_name,
 )
+from .units import iso_z
 
 
 @dataclass
@@ -99,10 +99,6 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if dt else None
-
-
 SORTS = ("name", "size", "date", "downloads")
 
 
@@ -142,7 +138,7 @@ class Depot:
                 q = q.where(Event.repo == repo)
             return [
                 {
-                    "at": _iso(e.at),
+                    "at": iso_z(e.at),
                     "actor": e.actor,
                     "action": e.action,
                     "repo": e.repo,
@@ -383,9 +379,9 @@ class Depot:
             "library_name": r.library_name, "license": r.license, "tags": r.tags or [],
             "gated": r.gated, "private": r.private, "card_data": r.card_data, "meta": r.meta or {},
             "downloads": r.downloads, "likes": r.likes,
-            "upstream_last_modified": _iso(r.upstream_last_modified),
-            "upstream_created_at": _iso(r.upstream_created_at),
-            "source": r.source, "created_at": _iso(r.created_at), "updated_at": _iso(r.updated_at),
+            "upstream_last_modified": iso_z(r.upstream_last_modified),
+            "upstream_created_at": iso_z(r.upstream_created_at),
+            "source": r.source, "created_at": iso_z(r.created_at), "updated_at": iso_z(r.updated_at),
         }
 
     # -- list / show -------------------------------------------------------------------------
@@ -460,7 +456,7 @@ class Depot:
                     "revisions": stats.get(r.id, (0, 0))[0],
                     "size": stats.get(r.id, (0, 0))[1] or 0,
                     "downloads": r.downloads,
-                    "updated_at": _iso(r.updated_at),
+                    "updated_at": iso_z(r.updated_at),
                 }
                 for r in repos
             ]
@@ -504,7 +500,7 @@ class Depot:
                     "commit": current.commit,
                     "parent_commit": current.parent_commit,
                     "source": current.source,
-                    "created_at": _iso(current.created_at),
+                    "created_at": iso_z(current.created_at),
                     "size": current.size,
                     "refs": refs_by_commit.get(current.commit, []),
                     "meta": current.meta,
@@ -518,7 +514,7 @@ class Depot:
                         "commit": r.commit,
                         "parent_commit": r.parent_commit,
                         "source": r.source,
-                        "created_at": _iso(r.created_at),
+                        "created_at": iso_z(r.created_at),
                         "size": r.size,
                         "files": r.file_count,
                         "refs": [x["name"] for x in refs_by_commit.get(r.commit, [])],

@@ -45,6 +45,7 @@ from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
 from .store import CHUNK, Digest, Hasher, git_blob_sha1, hash_file, lfs_pointer
+from .units import human_size, iso_z
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -139,7 +140,7 @@ def _call(fn: Callable, *args, context: dict, **kwargs):
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso_z(value)
     if hasattr(value, "to_dict") and callable(value.to_dict):
         return _jsonable(value.to_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -151,14 +152,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _naive_utc(dt: datetime | None) -> datetime | None:
@@ -193,8 +186,8 @@ def _summary(info, repo_type: str) -> dict:
         "private": bool(info.private),
         "downloads": info.downloads,
         "likes": info.likes,
-        "last_modified": _iso(info.last_modified),
-        "created_at": _iso(info.created_at),
+        "last_modified": iso_z(info.last_modified),
+        "created_at": iso_z(info.created_at),
     }
 
 
@@ -512,8 +505,8 @@ class _Puller:
                     err = upstream_error(e, endpoint=self.endpoint, what=f.path)
                     raise UpstreamError(
                         f"downloading {f.path} from {self.endpoint} failed after "
-                        f"{_human(after)} of {_human(f.size)}: {err}. Nothing was "
-                        "registered; run the same pull again to resume"
+                        f"{human_size(after, unknown='?')} of {human_size(f.size, unknown='?')}: "
+                        f"{err}. Nothing was registered; run the same pull again to resume"
                     ) from e
                 time.sleep(min(0.25 * 2 ** stalled, 2.0))
             except requests.RequestException as e:
@@ -634,16 +627,6 @@ def _hash_into(path: Path, hasher) -> None:
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK):
             hasher.update(chunk)
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _existing_by_git_sha1(depot: Depot, files: list[UpstreamFile]) -> dict[str, str]:
@@ -818,7 +801,7 @@ def pull(
     fields = _repo_fields(upstream, repo_type, endpoint, refs)
     partial = len(files) < total_listed
     revision_meta: dict[str, Any] = {
-        "upstream": {"endpoint": endpoint, "requested": revision, "pulled_at": _iso(datetime.now(timezone.utc))},
+        "upstream": {"endpoint": endpoint, "requested": revision, "pulled_at": iso_z(datetime.now(timezone.utc))},
         "lfs_classification": "upstream" if all(f.lfs is not None for f in files) else "partly guessed",
     }
     if partial:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from ..config import Settings
+from ..units import human_size  # noqa: F401  (re-exported for the command modules)
 
 
 class App:
@@ -53,17 +54,6 @@ def dry_run_option(f: Callable) -> Callable:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -54,7 +54,8 @@ def bundle_create(app, out, specs, all_revisions, have, split, repo_type, as_jso
     and lineage of derived ONNX revisions) and each needed blob once. Derived revisions bring
     the revisions they were made from.
     """
-    from ..bundle import create_bundle, load_inventory, parse_size
+    from ..bundle import create_bundle, load_inventory
+    from ..units import parse_size
 
     have_blobs = load_inventory(have) if have else None
     volume = parse_size(split) if split else None

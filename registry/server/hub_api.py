@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlencode
 from aiohttp import web
 from sqlalchemy import String, cast, func, or_, select
 
-from ..depot import Depot, _iso
+from ..depot import Depot
+from ..units import iso_z
 from ..errors import (
     DepotError,
     EntryNotFound,
@@ -212,7 +213,7 @@ def _tree_entries(revision: Revision, path: str, recursive: bool, expand: bool) 
                             commit=revision.commit)
     tree_ids = _git_tree_ids(files)
     last_commit = {"id": revision.commit, "title": f"modeldepot {revision.source}",
-                   "date": _iso(revision.created_at)}
+                   "date": iso_z(revision.created_at)}
     entries: dict[str, dict] = {}
     for f in files:
         if not f.path.startswith(prefix):
@@ -252,7 +253,7 @@ def _paths_info(revision: Revision, paths: list[str], expand: bool) -> list[dict
     if expand:
         for e in out:
             e["lastCommit"] = {"id": revision.commit, "title": f"modeldepot {revision.source}",
-                               "date": _iso(revision.created_at)}
+                               "date": iso_z(revision.created_at)}
     return out
 
 
@@ -271,7 +272,7 @@ def _refs_json(repo: Repo, include_prs: bool) -> dict:
 
 
 def _last_modified(repo: Repo, revision: Revision | None) -> str | None:
-    return _iso(repo.upstream_last_modified or (revision.created_at if revision else repo.updated_at))
+    return iso_z(repo.upstream_last_modified or (revision.created_at if revision else repo.updated_at))
 
 
 def _repo_json(repo: Repo, revision: Revision | None, files: list[File] | None, *,
@@ -285,7 +286,7 @@ def _repo_json(repo: Repo, revision: Revision | None, files: list[File] | None, 
         "author": repo.author,
         "sha": revision.commit if revision is not None else None,
         "lastModified": _last_modified(repo, revision),
-        "createdAt": _iso(repo.upstream_created_at or repo.created_at),
+        "createdAt": iso_z(repo.upstream_created_at or repo.created_at),
         "private": bool(repo.private),
         "gated": repo.gated or False,
         "disabled": False,
@@ -361,7 +362,7 @@ def _api_call(depot: Depot, repo_type: str, targets: list[Target], params: dict)
                 "id": revision.commit,
                 "title": f"modeldepot {revision.source}",
                 "message": "",
-                "date": _iso(revision.created_at),
+                "date": iso_z(revision.created_at),
                 "authors": [],
             }], None
     raise RepoNotFound("unknown API path")
