@@ -1,0 +1,42 @@
+"""Bounded JSON parsing: size and depth are refused with one line, before the parser runs."""
+
+import pytest
+
+from registry import jsonsafe
+from registry.jsonsafe import JSONInputError
+
+
+def test_plain_documents_parse():
+    assert jsonsafe.loads(b'{"a": [1, 2, {"b": "]]]{{{"}]}', max_bytes=100) == {"a": [1, 2, {"b": "]]]{{{"}]}
+    assert jsonsafe.loads('"x\\"[["', max_bytes=100) == 'x"[['
+
+
+def test_deep_nesting_is_refused_without_recursion():
+    doc = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(JSONInputError, match=r"^nested deeper than 64 levels$"):
+        jsonsafe.loads(doc, max_bytes=10**6)
+    assert jsonsafe.loads("[" * 64 + "]" * 64, max_bytes=1000) is not None
+
+
+def test_brackets_inside_strings_do_not_count():
+    doc = '{"k": "' + "[" * 10_000 + '"}'
+    assert jsonsafe.loads(doc, max_bytes=10**6) == {"k": "[" * 10_000}
+
+
+def test_size_is_checked_first():
+    with pytest.raises(JSONInputError, match=r"^larger than 10 bytes$"):
+        jsonsafe.loads(b"[" * 11, max_bytes=10)
+
+
+@pytest.mark.parametrize("doc", ["NaN", '{"t": Infinity}', "[-Infinity]"])
+def test_nan_and_infinity_are_refused(doc):
+    with pytest.raises(JSONInputError, match="is not a valid JSON number"):
+        jsonsafe.loads(doc, max_bytes=100)
+    assert jsonsafe.loads(doc, max_bytes=100, allow_nan=True) is not None
+
+
+def test_parser_errors_are_one_line():
+    with pytest.raises(JSONInputError, match=r"^Expecting value at line 1 column 2$"):
+        jsonsafe.loads("[", max_bytes=100)
+    with pytest.raises(JSONInputError, match=r"^not UTF-8 text$"):
+        jsonsafe.loads(b'"\xff"', max_bytes=100)
