@@ -275,6 +275,52 @@ async def ops_page(request: web.Request) -> web.Response:
 ACCESS_AUDIT = web.AppKey("ui_access_audit", object)
 
 
+# -- signing in (when access control is on) ---------------------------------------------------
+
+# The token travels in this cookie (HttpOnly, SameSite=Strict), never in a URL: a URL ends up in
+# logs, history and Referer headers. The access-control middleware reads it like a Bearer token.
+COOKIE = "modeldepot_token"
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return _page(request, "login.html", error=None, next=_safe_next(request.query.get("next")))
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path of this site: an absolute URL here would make the form an open redirect.
+    if not target or not target.startswith("/ui/") or target.startswith("//") or "\\" in target:
+        return "/ui/"
+    return target
+
+
+async def login_submit(request: web.Request) -> web.Response:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise web.HTTPUnsupportedMediaType(text="send the sign-in form")
+    form = await request.post()
+    token = str(form.get("token", "")).strip()
+    target = _safe_next(str(form.get("next", "")))
+    check = request.app.get(TOKEN_CHECK)
+    name = check(token) if check is not None and token else None
+    if check is not None and name is None:
+        return _page(request, "login.html", status=401, next=target,
+                     error="that token is not valid (unknown, revoked or expired)")
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        secure=request.secure, max_age=12 * 3600)
+    response.headers.update(SECURITY_HEADERS)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = web.HTTPSeeOther("/ui/")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+# Access control (registry/auth) plugs in here: f(secret) -> token name, or None if not valid.
+TOKEN_CHECK = web.AppKey("ui_token_check", object)
+
+
 # -- assets -----------------------------------------------------------------------------------
 
 
@@ -298,8 +344,11 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ui", to_ui)
     app.router.add_get("/ui/", list_page)
     app.router.add_get("/ui/ops", ops_page)
+    app.router.add_get("/ui/login", login_page)
+    app.router.add_post("/ui/login", login_submit)
+    app.router.add_post("/ui/logout", logout)
     app.router.add_get("/ui/static/{name}", static_file)
     app.router.add_get("/ui/{kind:models|datasets}/{name:.+}", repo_page)
 
 
-__all__ = ["setup", "ACCESS_AUDIT", "VISIBILITY"]
+__all__ = ["setup", "ACCESS_AUDIT", "VISIBILITY", "TOKEN_CHECK", "COOKIE"]
