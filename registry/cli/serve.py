@@ -14,6 +14,7 @@ from ._common import pass_app
 @click.option("--public-url", help="Base URL clients reach this server at (for Link headers).")
 @click.option("--no-hub-api", is_flag=True, help="Serve only the inference API.")
 @click.option("--no-inference", is_flag=True, help="Serve only the Hub API.")
+@click.option("--no-ui", is_flag=True, help="Do not serve the web page under /ui/.")
 @click.option("--models", "preload", multiple=True, metavar="REPO[@REV]|NAME=DIR",
               help="Load these models at start-up (repeatable); NAME=DIR serves a local "
               "directory (not registered) as NAME.")
@@ -30,14 +31,15 @@ from ._common import pass_app
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
               help="Inputs that may wait per model; beyond it requests get 429.")
 @pass_app
-def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, preload, only_registered,
+def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, no_ui, preload,
+              only_registered,
               memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens, max_queue):
     """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
     from ..server.run import serve
     from ..server.app import ServeOptions
 
     options = ServeOptions(
-        hub_api=not no_hub_api, inference=not no_inference, preload=list(preload),
+        hub_api=not no_hub_api, inference=not no_inference, ui=not no_ui, preload=list(preload),
         only_registered=only_registered, memory_budget_mb=memory_budget_mb,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
         max_batch_tokens=max_batch_tokens, max_queue=max_queue,

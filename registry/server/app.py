@@ -20,6 +20,7 @@ class ServeOptions:
 
     hub_api: bool = True
     inference: bool = True
+    ui: bool = True
     # inference options (see registry/server/inference_api.py)
     preload: list[str] = field(default_factory=list)
     only_registered: bool = False
@@ -45,6 +46,10 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> web.A
         from . import inference_api
 
         inference_api.setup(app)
+    if options.ui:
+        from . import ui
+
+        ui.setup(app)
     if options.hub_api:
         # Last: its /{repo}/resolve/... routes are the most general.
         from . import hub_api
