@@ -45,6 +45,7 @@ from . import __version__
 from .depot import Depot, FileRecord
 from .units import iso_z
 from .errors import Conflict, DepotError, IntegrityError, InvalidInput
+from .lease import Lease
 from .models import REF_KINDS, File, Ref, Repo, Revision, utcnow
 from .naming import is_commit, parse_spec, validate_ref_name, validate_repo_id, validate_repo_type
 from .store import (SHA1_RE, SHA256_RE, Digest, check_relpath, git_blob_sha1, hash_file,
@@ -479,8 +480,9 @@ class _Receiver:
     digest and links the blob into place) run on a third, overlapping the next member. Blobs are
     still only ever linked into ``blobs/`` after they are durable and verified."""
 
-    def __init__(self, store):
+    def __init__(self, store, lease: Lease):
         self.store = store
+        self.lease = lease
         self.hashers = ThreadPoolExecutor(2, thread_name_prefix="bundle-hash")
         self.sealer = ThreadPoolExecutor(1, thread_name_prefix="bundle-seal")
         self.sealing: list = []
@@ -529,7 +531,7 @@ class _Receiver:
         finally:
             os.close(fd)
         self.store.adopt(tmp, digest=digest, sha256=digest.sha256, size=digest.size,
-                         label=f"blob {digest.sha256}")
+                         label=f"blob {digest.sha256}", lease=self.lease)
         self.sealed.append(digest.sha256)
 
     def finish(self) -> None:
@@ -840,8 +842,9 @@ class _Plan:
     lacking: list[tuple[dict, dict]] = field(default_factory=list)
 
 
-def plan_import(depot: Depot, manifest: dict) -> _Plan:
-    """What importing would change: new revisions, moved refs, blobs to write or already held."""
+def plan_import(depot: Depot, manifest: dict, lease: Lease | None = None) -> _Plan:
+    """What importing would change: new revisions, moved refs, blobs to write or already held.
+    With the importer's ``lease``, the blobs found held stay held against ``gc``."""
     plan = _Plan()
     in_bundle = {b["sha256"] for b in manifest["blobs"]}
     with depot.db.session() as s:
@@ -862,7 +865,7 @@ def plan_import(depot: Depot, manifest: dict) -> _Plan:
             sha, size = f["sha256"], f["size"]
             if sha in plan.to_write or sha in plan.held:
                 continue
-            if depot.store.has_blob(sha, size):
+            if depot.store.claim_blob(sha, size, lease):
                 plan.held[sha] = size
             elif sha in in_bundle:
                 plan.to_write[sha] = size
@@ -907,14 +910,15 @@ def _check_held(depot: Depot, plan: _Plan, claims: dict[str, list[dict]], label:
                             claims[sha], label)
 
 
-def _discard(depot: Depot, written: list[str]) -> None:
-    """Remove blobs this import wrote that no revision uses (so a refused bundle changes nothing)."""
+def _discard(depot: Depot, written: list[str], lease: Lease) -> None:
+    """Remove blobs this import wrote that no revision uses (so a refused bundle changes nothing),
+    unless another live writer holds them."""
     if not written:
         return
-    with depot.blobs_lock(), depot.db.session() as s:
+    with depot.blobs_lock(), depot.leases.frozen(exclude=lease) as claims, depot.db.session() as s:
         used = set(s.scalars(select(File.sha256).where(File.sha256.in_(written)).distinct()))
         for sha in written:
-            if sha not in used:
+            if sha not in used and sha not in claims.blobs:
                 depot.store.remove_blob(sha)
 
 
@@ -1017,7 +1021,8 @@ def import_bundle(
         raise type(e)(f"{e}; nothing was imported") from None
     label = reader.label
     try:
-        result = _import(depot, reader, manifest, label, on_start)
+        with depot.writing() as lease:
+            result = _import(depot, reader, manifest, label, on_start, lease)
     finally:
         reader.source.close()
     result["files"] = [str(p) for p in files]
@@ -1025,8 +1030,8 @@ def import_bundle(
 
 
 def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
-            on_start: Callable[[int | None], None] | None) -> dict:
-    plan = plan_import(depot, manifest)
+            on_start: Callable[[int | None], None] | None, lease: Lease) -> dict:
+    plan = plan_import(depot, manifest, lease)
     summary = {
         "bundle_id": manifest["bundle_id"],
         "source_depot_id": manifest["source_depot_id"],
@@ -1044,7 +1049,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
     }
     if not summary["changed"]:
         return summary
-    receiver = _Receiver(depot.store)
+    receiver = _Receiver(depot.store, lease)
     try:
         if plan.lacking:
             rev, f = plan.lacking[0]
@@ -1074,7 +1079,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
             if sha not in plan.to_write:
                 reader.skip(info)
                 continue
-            if depot.store.has_blob(sha, info.size):  # a concurrent import stored it meanwhile
+            if depot.store.claim_blob(sha, info.size, lease):  # a concurrent import stored it
                 reader.skip(info)
                 _check_git_sha1(sha, info.size, {hash_file(depot.store.blob_path(sha)).git_sha1},
                                 claims[sha], label)
@@ -1092,11 +1097,11 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         receiver.finish()
     except DepotError as e:
         receiver.close()
-        _discard(depot, receiver.sealed)
+        _discard(depot, receiver.sealed, lease)
         raise type(e)(f"{e}; nothing was imported") from None
     except BaseException:
         receiver.close()
-        _discard(depot, receiver.sealed)
+        _discard(depot, receiver.sealed, lease)
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
     try:
@@ -1104,7 +1109,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         for row, rev in zip(summary["revisions"], manifest["revisions"], strict=True):
             row["created"] = _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
     except BaseException:
-        _discard(depot, receiver.sealed)  # keeps what the revisions published so far use
+        _discard(depot, receiver.sealed, lease)  # keeps what the revisions published so far use
         raise
     summary["created"] = sum(row["created"] for row in summary["revisions"])
     summary["present"] = len(summary["revisions"]) - summary["created"]
