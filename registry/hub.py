@@ -44,7 +44,7 @@ from .errors import (
 from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
-from .store import CHUNK, Digest, Hasher, git_blob_sha1, hash_file, lfs_pointer
+from .store import CHUNK, Digest, Hasher, check_relpath, git_blob_sha1, hash_file, lfs_pointer
 from .units import human_size, iso_z
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -758,6 +758,8 @@ def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endp
             f"no file of {_repo_label(repo_type, name)}@{commit[:12]} matches "
             "--include/--exclude; see 'modeldepot info' for its files"
         )
+    for f in files:  # before a byte is downloaded
+        check_relpath(f.path)
     progress_ = _Progress(progress)
     puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_, lease)
     for f in files:

@@ -29,7 +29,7 @@ WEIGHT_PATTERNS = ["*.safetensors", "*.bin", "*.onnx", "*.pt", "*.pth", "*.h5", 
                    "*.gguf", "*.ckpt", "*.ot", "*.tflite"]
 DATA_PATTERNS = ["*.parquet", "*.csv", "*.tsv", "*.json", "*.jsonl", "*.arrow", "*.txt"]
 SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
-SKIP_FILES = {".DS_Store"}
+SKIP_FILES = {".DS_Store", ".git"}  # .git as a file: a submodule's or worktree's gitdir link
 
 
 def is_lfs(path: str, size: int) -> bool:

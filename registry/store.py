@@ -121,9 +121,16 @@ def check_relpath(path: str) -> str:
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise InvalidInput(f"refusing unsafe file path {path!r}")
-    if parts[0] == ".git":
+    if in_git_dir(path):
         raise InvalidInput(f"refusing file path inside .git: {path!r}")
     return path
+
+
+def in_git_dir(path: str) -> bool:
+    """A ``.git`` component at any depth: written into a plain directory, ``sub/.git/config``
+    makes ``git`` there run what it says (``core.fsmonitor``). Case-insensitive, as on the
+    file systems where ``.GIT`` is ``.git``."""
+    return any(part.lower() == ".git" for part in path.split("/"))
 
 
 class Store:
