@@ -41,7 +41,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from . import __version__
+from . import __version__, jsonsafe
 from .depot import Depot, FileRecord
 from .units import iso_z
 from .errors import Conflict, DepotError, IntegrityError, InvalidInput
@@ -54,7 +54,11 @@ from .store import (SHA1_RE, SHA256_RE, Digest, check_relpath, git_blob_sha1, ha
 FORMAT = "modeldepot-bundle/1"
 INVENTORY_FORMAT = "modeldepot-inventory/1"
 MANIFEST_NAME = "manifest.json"
-MAX_MANIFEST = 256 * 1024 * 1024
+# JSON from another depot is parsed only within these bounds (registry/jsonsafe.py). Python
+# holds a parsed manifest in about 4x its size (a hostile one in up to ~25x); 64 MiB is some
+# 200,000 files.
+MAX_MANIFEST = 64 * 1024 * 1024
+MAX_INVENTORY = 64 * 1024 * 1024
 # Far beyond any real file, small enough that sums of sizes stay exact in JSON and in SQL.
 MAX_SIZE = 2**50
 MAX_VOLUMES = 999
@@ -186,11 +190,11 @@ def load_inventory(path: Path | str) -> dict[str, int]:
     hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_MANIFEST))
+            data = jsonsafe.loads(f.read(MAX_INVENTORY + 1), max_bytes=MAX_INVENTORY)
     except FileNotFoundError:
         raise InvalidInput(f"--have {path}: no such file; {hint}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"--have {path} is not JSON ({e}); {hint}") from None
+    except jsonsafe.JSONInputError as e:
+        raise InvalidInput(f"--have {path} is not valid JSON ({e}); {hint}") from None
     if not isinstance(data, dict) or data.get("format") != INVENTORY_FORMAT:
         raise InvalidInput(f"--have {path} is not a modeldepot inventory; {hint}")
     blobs = data.get("blobs")
@@ -634,8 +638,8 @@ class _TarReader:
         raw = self.read_exact(info.size, MANIFEST_NAME)
         self.skip_padding(info)
         try:
-            manifest = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            manifest = jsonsafe.loads(raw, max_bytes=MAX_MANIFEST)
+        except jsonsafe.JSONInputError as e:
             raise self.error(f": {MANIFEST_NAME} is not valid JSON ({e})") from None
         validate_manifest(manifest, self.label)
         return manifest

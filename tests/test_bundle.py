@@ -290,6 +290,13 @@ def test_create_refuses_existing_output_and_bad_have(cli, source, tmp_path):
     r = cli("--home", source.home, "bundle", "create", tmp_path / "y", "org/clf", "--have", have)
     assert (r.exit_code, r.stderr) == (1, f"Error: --have {have} is not a modeldepot inventory; make it "
                                           "with 'modeldepot inventory > have.json' on the receiving depot\n")
+    hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
+    for content, why in [("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+                         (" " * (64 * 1024 * 1024 + 1), "larger than 67,108,864 bytes")]:
+        have.write_text(content)
+        r = cli("--home", source.home, "bundle", "create", tmp_path / "y", "org/clf", "--have", have)
+        assert (r.exit_code, r.stderr) == (1, f"Error: --have {have} is not valid JSON ({why}); "
+                                              f"{hint}\n")
 
 
 # -- hostile and broken bundles ---------------------------------------------------------------
@@ -384,10 +391,13 @@ HOSTILE = {
     "manifest not json": lambda s: (
         tar_of([member("manifest.json", b"{'format': 1}")] + standard(s)[1:]),
         "the bundle on stdin: manifest.json is not valid JSON (Expecting property name enclosed in "
-        "double quotes: line 1 column 2 (char 1))"),
+        "double quotes at line 1 column 2)"),
+    "manifest nested too deep": lambda s: (
+        tar_of([member("manifest.json", b"[" * 100_000 + b"]" * 100_000)] + standard(s)[1:]),
+        "the bundle on stdin: manifest.json is not valid JSON (nested deeper than 64 levels)"),
     "huge manifest": lambda s: (
         tar_of([member("manifest.json", size=2**40)]),
-        "the bundle on stdin: manifest.json is 1099511627776 bytes, over the 268435456 byte limit; "
+        "the bundle on stdin: manifest.json is 1099511627776 bytes, over the 67108864 byte limit; "
         "refusing it"),
     "huge member": lambda s: (
         tar_of(standard(s)[:1] + [member(f"blobs/{_big(s)}", size=2**40)]),
