@@ -1,7 +1,8 @@
 """Air-gap bundles: one streamable tar that carries revisions, their registry metadata and every
 needed blob once, from one depot to another (optionally as numbered volumes).
 
-Layout, plain ustar (so ``tar tvf`` lists it and ``cat OUT.* | tar t`` lists split volumes)::
+Layout, plain ustar (so ``tar tvf`` lists it and ``cat OUT.* | tar t`` lists split volumes;
+a member of 8 GiB or more gets a GNU base-256 size field, which those tools read too)::
 
     manifest.json      always first: format, source depot, revisions, refs, files, recipes, blobs
     blobs/<sha256>     each blob once, in the order manifest.json lists them
@@ -89,10 +90,18 @@ def _member_size(size: int) -> int:
     return BLOCK + size + _padding(size)
 
 
+# The largest size ustar's 11 octal digits hold is 8 GiB - 1; real checkpoints are larger.
+USTAR_MAX_SIZE = 8**11 - 1
+
+
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.type = size, mtime, 0o444, tarfile.REGTYPE
-    return info.tobuf(tarfile.USTAR_FORMAT)
+    if size <= USTAR_MAX_SIZE:
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    # GNU base-256 size field (read by GNU tar, bsdtar and Python's tarfile): still a single
+    # 512-byte header, so the archive size computed up front stays exact.
+    return info.tobuf(tarfile.GNU_FORMAT)
 
 
 def _fmt_bytes(n: int) -> str:
