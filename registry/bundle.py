@@ -853,6 +853,13 @@ class _Plan:
     to_write: dict[str, int] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     lacking: list[tuple[dict, dict]] = field(default_factory=list)
+    # (type, repo) -> repo fields the receiver has set that the bundle would change
+    differing_fields: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    @property
+    def moving(self) -> list[tuple[str, str, str | None, str]]:
+        """Existing refs the import would point at another commit (new refs are not moves)."""
+        return [m for m in self.moved_refs if m[2] is not None and m[2] != m[3]]
 
 
 def plan_import(depot: Depot, manifest: dict, lease: Lease | None = None) -> _Plan:
@@ -861,6 +868,15 @@ def plan_import(depot: Depot, manifest: dict, lease: Lease | None = None) -> _Pl
     plan = _Plan()
     in_bundle = {b["sha256"] for b in manifest["blobs"]}
     with depot.db.session() as s:
+        for entry in manifest["repos"]:
+            repo = s.scalar(select(Repo).where(Repo.type == entry["type"], Repo.name == entry["name"]))
+            if repo is None:
+                continue
+            have = _repo_fields(repo)
+            differ = sorted(k for k, v in entry["fields"].items()
+                            if v is not None and have.get(k) is not None and have[k] != v)
+            if differ:
+                plan.differing_fields[(entry["type"], entry["name"])] = differ
         for rev in manifest["revisions"]:
             repo = s.scalar(select(Repo).where(Repo.type == rev["type"], Repo.name == rev["repo"]))
             exists = repo is not None and s.scalar(select(Revision.id).where(
@@ -1025,9 +1041,14 @@ def import_bundle(
     *,
     progress: Progress = None,
     on_start: Callable[[int | None], None] | None = None,
+    move_refs: bool = False,
 ) -> dict:
     """Verify and register what a bundle holds. Every blob is checked (size, sha256, and the git
-    sha1 its files claim) before any revision is published; a refused bundle changes nothing."""
+    sha1 its files claim) before any revision is published; a refused bundle changes nothing.
+
+    Refs this depot has are moved, and repo fields it has set are replaced by the bundle's, only
+    with ``move_refs``; without it a bundle that would move a ref is refused (naming them), and
+    fields the receiver has set are kept."""
     try:
         reader, manifest, files = open_bundle(paths, stream, progress)
     except DepotError as e:
@@ -1035,7 +1056,7 @@ def import_bundle(
     label = reader.label
     try:
         with depot.writing() as lease:
-            result = _import(depot, reader, manifest, label, on_start, lease)
+            result = _import(depot, reader, manifest, label, on_start, lease, move_refs)
     finally:
         reader.source.close()
     result["files"] = [str(p) for p in files]
@@ -1043,8 +1064,13 @@ def import_bundle(
 
 
 def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
-            on_start: Callable[[int | None], None] | None, lease: Lease) -> dict:
+            on_start: Callable[[int | None], None] | None, lease: Lease, move_refs: bool) -> dict:
     plan = plan_import(depot, manifest, lease)
+    if plan.moving and not move_refs:
+        moves = ", ".join(f"{repo} {ref} {old[:12]} -> {new[:12]}"
+                          for repo, ref, old, new in plan.moving)
+        raise Conflict(f"importing {label} would move {len(plan.moving)} ref(s) this depot has: "
+                       f"{moves}; nothing was imported; run it again with --move-refs to move them")
     summary = {
         "bundle_id": manifest["bundle_id"],
         "source_depot_id": manifest["source_depot_id"],
@@ -1054,7 +1080,11 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         "created": len(plan.new),
         "present": len(plan.present),
         "moved_refs": [{"repo": repo, "ref": ref, "from": old, "to": new}
-                       for repo, ref, old, new in plan.moved_refs],
+                       for repo, ref, old, new in plan.moving],
+        "new_refs": [{"repo": repo, "ref": ref, "to": new}
+                     for repo, ref, old, new in plan.moved_refs if old is None],
+        "kept_fields": [] if move_refs else [
+            {"type": t, "repo": n, "fields": names} for (t, n), names in plan.differing_fields.items()],
         "blobs_written": 0,
         "bytes_written": 0,
         "blobs_held": len(plan.held),
@@ -1117,6 +1147,9 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         _discard(depot, receiver.sealed, lease)
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
+    if not move_refs:  # what the receiver has set stays as it is
+        for key, names in plan.differing_fields.items():
+            fields[key] = {k: v for k, v in fields[key].items() if k not in names}
     try:
         # A concurrent import of the same revision may publish it first: report what this did.
         for row, rev in zip(summary["revisions"], manifest["revisions"], strict=True):

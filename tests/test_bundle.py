@@ -165,8 +165,15 @@ def test_incremental_bundle_holds_only_new_blobs(cli, models, tmp_path):
     assert (result["blobs"], result["blob_bytes"], result["left_out_blobs"]) == (1, config_size, shared)
     assert inc.stat().st_size < full.stat().st_size / 10
 
+    v1 = open_depot(b).resolve("model", "org/clf")["commit"]
+    v2 = result["revisions"][0]["commit"]
     r = cli("--home", b, "bundle", "import", inc)
+    assert (r.exit_code, r.stderr) == (1, f"Error: importing inc.bundle would move 1 ref(s) this depot "
+                                          f"has: org/clf main {v1[:12]} -> {v2[:12]}; nothing was "
+                                          "imported; run it again with --move-refs to move them\n")
+    r = cli("--home", b, "bundle", "import", inc, "--move-refs")
     assert r.exit_code == 0, r.output
+    assert f"moved    org/clf main: {v1[:12]} -> {v2[:12]}\n" in r.output
     assert r.output.endswith(f"1 revision(s) imported from inc.bundle, 0 already present; 1 blob(s) "
                              f"written ({human_size(config_size)}), {shared} already held\n")
     inv_a, inv_b = (json.loads(cli("--home", h, "inventory").output) for h in (a, b))
@@ -607,3 +614,49 @@ def test_a_blob_over_8_gib_gets_a_size_field_tar_tools_read(tmp_path, monkeypatc
     assert tarfile.TarInfo.frombuf(header, "utf-8", "strict").size == big
     reader.skip(info)
     assert reader.next_member() is None
+
+
+def test_import_keeps_the_receivers_refs_and_fields_unless_told(cli, models, tmp_path):
+    from sqlalchemy import select
+
+    from registry.models import Repo
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("--home", a, "import", models.get("classifier"), "--repo", "org/clf")
+    cli("--home", a, "bundle", "create", tmp_path / "v1.bundle", "org/clf")
+    assert cli("--home", b, "bundle", "import", tmp_path / "v1.bundle").exit_code == 0
+    # The receiver made its own choices: another task, and its own alias.
+    receiver = open_depot(b)
+    with receiver.db.session(write=True) as s:
+        s.scalar(select(Repo).where(Repo.name == "org/clf")).pipeline_tag = "fill-mask"
+    v1 = receiver.resolve("model", "org/clf")["commit"]
+    # The sender adds a derived revision and points 'prod' of its own at it.
+    sender = open_depot(a)
+    _, derived = add_derived(sender)
+    sender.tag("model", "org/clf", derived, "prod")
+    receiver.tag("model", "org/clf", v1, "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d.bundle", "org/clf@onnx")
+    before = contents(b)
+    r = cli("--home", b, "bundle", "import", tmp_path / "d.bundle")
+    assert (r.exit_code, r.stderr) == (1, f"Error: importing d.bundle would move 1 ref(s) this depot "
+                                          f"has: org/clf prod {v1[:12]} -> {derived[:12]}; nothing "
+                                          "was imported; run it again with --move-refs to move them\n")
+    assert contents(b) == before
+    # Without the move: a bundle of the derived revision under its own alias only.
+    sender.untag("model", "org/clf", "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d2.bundle", "org/clf@onnx")
+    r = cli("--home", b, "bundle", "import", tmp_path / "d2.bundle")
+    assert r.exit_code == 0, r.stderr
+    assert "kept     org/clf's own pipeline_tag (the bundle's differ; --move-refs takes them)\n" \
+        in r.output
+    assert "moved" not in r.output
+    assert receiver.resolve("model", "org/clf")["repo_meta"]["pipeline_tag"] == "fill-mask"
+    assert receiver.resolve("model", "org/clf", "prod")["commit"] == v1
+    # With --move-refs the bundle's refs and fields win, and the output says what moved.
+    sender.tag("model", "org/clf", derived, "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d3.bundle", "org/clf@onnx")
+    r = cli("--home", b, "bundle", "import", tmp_path / "d3.bundle", "--move-refs", "--json")
+    assert json.loads(r.output)["moved_refs"] == [
+        {"repo": "org/clf", "ref": "prod", "from": v1, "to": derived}]
+    assert receiver.resolve("model", "org/clf", "prod")["commit"] == derived
+    assert receiver.resolve("model", "org/clf")["repo_meta"]["pipeline_tag"] == "text-classification"
