@@ -55,11 +55,13 @@ from .store import (SHA1_RE, SHA256_RE, Digest, check_relpath, git_blob_sha1, ha
 FORMAT = "modeldepot-bundle/1"
 INVENTORY_FORMAT = "modeldepot-inventory/1"
 MANIFEST_NAME = "manifest.json"
-# JSON from another depot is parsed only within these bounds (registry/jsonsafe.py). Python
-# holds a parsed manifest in about 4x its size (a hostile one in up to ~25x); 64 MiB is some
-# 200,000 files.
+# JSON from another depot is parsed only within these bounds (registry/jsonsafe.py). 64 MiB is
+# some 200,000 files. Python holds a real manifest in about 4x its size, but a hostile one of
+# tiny objects (``[{},{},...]``) in ~20x: the count of objects and arrays is bounded too (a file
+# is one object; a real manifest has about one per 250 bytes).
 MAX_MANIFEST = 64 * 1024 * 1024
 MAX_INVENTORY = 64 * 1024 * 1024
+MAX_CONTAINERS = 1_000_000
 # Far beyond any real file, small enough that sums of sizes stay exact in JSON and in SQL.
 MAX_SIZE = 2**50
 MAX_VOLUMES = 999
@@ -199,7 +201,8 @@ def load_inventory(path: Path | str) -> dict[str, int]:
     hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
     try:
         with open(path, "rb") as f:
-            data = jsonsafe.loads(f.read(MAX_INVENTORY + 1), max_bytes=MAX_INVENTORY)
+            data = jsonsafe.loads(f.read(MAX_INVENTORY + 1), max_bytes=MAX_INVENTORY,
+                                  max_containers=MAX_CONTAINERS)
     except FileNotFoundError:
         raise InvalidInput(f"--have {path}: no such file; {hint}") from None
     except jsonsafe.JSONInputError as e:
@@ -647,7 +650,7 @@ class _TarReader:
         raw = self.read_exact(info.size, MANIFEST_NAME)
         self.skip_padding(info)
         try:
-            manifest = jsonsafe.loads(raw, max_bytes=MAX_MANIFEST)
+            manifest = jsonsafe.loads(raw, max_bytes=MAX_MANIFEST, max_containers=MAX_CONTAINERS)
         except jsonsafe.JSONInputError as e:
             raise self.error(f": {MANIFEST_NAME} is not valid JSON ({e})") from None
         validate_manifest(manifest, self.label)

@@ -581,7 +581,7 @@ class Depot:
     def rm(self, repo_type: str, name: str, rev: str | None = None, dry_run: bool = False) -> dict:
         """Remove one revision (``rev``) or the whole repo; blobs still used elsewhere stay."""
         with self.store.repo_lock(repo_type, name), self.blobs_lock(), \
-                self.leases.frozen() as claims:
+                self.leases.frozen(prune=not dry_run) as claims:
             with self.db.session(write=not dry_run) as s:
                 repo = self.get_repo(s, repo_type, name)
                 if rev is None:
@@ -653,7 +653,7 @@ class Depot:
 
     def gc(self, dry_run: bool = False) -> dict:
         """Remove what the registry does not reference: blobs, stale temp files, stray views."""
-        with self.blobs_lock(), self.leases.frozen() as claims:
+        with self.blobs_lock(), self.leases.frozen(prune=not dry_run) as claims:
             with self.db.session() as s:
                 referenced = set(s.scalars(select(File.sha256).distinct()))
                 views = {

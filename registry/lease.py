@@ -108,16 +108,16 @@ class Leases:
             lease.close()
 
     @contextmanager
-    def frozen(self, exclude: Lease | None = None) -> Iterator[Claims]:
+    def frozen(self, exclude: Lease | None = None, prune: bool = True) -> Iterator[Claims]:
         """Hold off new announcements and yield what live writers (other than ``exclude``)
-        hold; leases of dead writers are removed on the way."""
+        hold; leases of dead writers are removed on the way (``prune``)."""
         with _flocked(self._lock, fcntl.LOCK_EX):
             claims = Claims()
             entries = sorted(self.dir.glob(f"*{SUFFIX}")) if self.dir.is_dir() else []
             for path in entries:
                 if exclude is not None and path == exclude.path:
                     continue
-                text = _read_if_live(path)
+                text = _read_if_live(path, prune)
                 if text is None:
                     continue
                 for line in text.splitlines():
@@ -129,8 +129,8 @@ class Leases:
             yield claims
 
 
-def _read_if_live(path: Path) -> str | None:
-    """The lease's text if its writer still holds it; else remove the dead lease, None."""
+def _read_if_live(path: Path, prune: bool) -> str | None:
+    """The lease's text if its writer still holds it; else None (removing the dead lease)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -141,7 +141,8 @@ def _read_if_live(path: Path) -> str | None:
         except BlockingIOError:
             with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as f:
                 return f.read()
-        path.unlink(missing_ok=True)
+        if prune:
+            path.unlink(missing_ok=True)
         return None
     finally:
         os.close(fd)

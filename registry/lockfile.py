@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from sqlalchemy import select
 
 from . import jsonsafe
-from .bundle import revision_entry, validate_revision
+from .bundle import MAX_CONTAINERS, revision_entry, validate_revision
 from .depot import Depot
 from .errors import DepotError, IntegrityError, InvalidInput
 from .models import Artifact, Ref, Repo, Revision
@@ -113,7 +113,7 @@ def read_lock(path: Path | str) -> dict:
             raw = f.read(MAX_LOCKFILE + 1)
         if len(raw) > MAX_LOCKFILE:
             raise InvalidInput(f"{path} is over {MAX_LOCKFILE} bytes; it is not a lockfile")
-        lock = jsonsafe.loads(raw, max_bytes=MAX_LOCKFILE)
+        lock = jsonsafe.loads(raw, max_bytes=MAX_LOCKFILE, max_containers=MAX_CONTAINERS)
     except FileNotFoundError:
         raise InvalidInput(f"no such lockfile: {path}; {hint}") from None
     except jsonsafe.JSONInputError as e:

@@ -299,6 +299,7 @@ def test_create_refuses_existing_output_and_bad_have(cli, source, tmp_path):
                                           "with 'modeldepot inventory > have.json' on the receiving depot\n")
     hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
     for content, why in [("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+                         ("[" + "[]," * 1_000_000 + "[]]", "more than 1,000,000 objects and arrays"),
                          (" " * (64 * 1024 * 1024 + 1), "larger than 67,108,864 bytes")]:
         have.write_text(content)
         r = cli("--home", source.home, "bundle", "create", tmp_path / "y", "org/clf", "--have", have)
@@ -399,6 +400,10 @@ HOSTILE = {
         tar_of([member("manifest.json", b"{'format': 1}")] + standard(s)[1:]),
         "the bundle on stdin: manifest.json is not valid JSON (Expecting property name enclosed in "
         "double quotes at line 1 column 2)"),
+    "manifest of tiny objects": lambda s: (
+        tar_of([member("manifest.json", b"[" + b"{}," * 1_000_000 + b"{}]")] + standard(s)[1:]),
+        "the bundle on stdin: manifest.json is not valid JSON (more than 1,000,000 objects and "
+        "arrays)"),
     "manifest nested too deep": lambda s: (
         tar_of([member("manifest.json", b"[" * 100_000 + b"]" * 100_000)] + standard(s)[1:]),
         "the bundle on stdin: manifest.json is not valid JSON (nested deeper than 64 levels)"),

@@ -91,6 +91,8 @@ def test_a_dead_writers_lease_protects_nothing(cli, cli_subprocess, models, home
     assert len(leases) == 1
     held = {line.split()[1] for line in leases[0].read_text().splitlines()}
     assert held == {p.name for p in (home / "blobs" / "sha256").glob("*/*")}
+    assert json.loads(cli("gc", "--json", "--dry-run").output)["blobs"] == len(held)
+    assert list((home / "locks" / "leases").iterdir()) == leases  # a dry run changes nothing
     gc = json.loads(cli("gc", "--json").output)
     assert gc["blobs"] == len(held)
     assert list((home / "locks" / "leases").iterdir()) == []
