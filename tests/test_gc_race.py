@@ -125,3 +125,17 @@ def test_gc_during_publish_of_known_content_leaves_the_view(depot, models):
     with gc_in_window(depot.settings, "publish:after-snapshot", runs):
         import_dir(depot, src, "org/clf-again")
     assert_whole(depot, "org/clf-again", runs)
+
+
+def test_gc_during_onnx_export_keeps_the_exported_graph(depot, models):
+    """The export's new onnx/ files are stored before its derived revision is published."""
+    from registry.export import export_onnx
+
+    import_dir(depot, models.get("classifier"), "org/clf")
+    runs: list = []
+    with gc_in_window(depot.settings, "publish:start", runs):
+        result = export_onnx(depot, "model", "org/clf")
+    assert result["created"] and "onnx/model.onnx" in result["files"]
+    assert len(runs) == 1 and runs[0]["blobs"] == 0
+    report = depot.verify()
+    assert report["problems"] == [] and report["ok"]
