@@ -9,7 +9,7 @@ import click
 
 from registry import __version__
 from registry.cli import register_all
-from registry.cli._common import App
+from registry.cli._common import App, flush_stdout, quiet_exit_on_broken_pipe, stdout_gone
 from registry.config import Settings
 from registry.errors import DepotError
 
@@ -26,7 +26,9 @@ class DepotGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            flush_stdout()  # here, so a reader that went away is noticed, not at exit
+            return result
         except DepotError as e:
             if _debug():
                 raise
@@ -35,8 +37,11 @@ class DepotGroup(click.Group):
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
+            flush_stdout()
             raise
         except OSError as e:
+            if isinstance(e, BrokenPipeError) and stdout_gone():  # `modeldepot list | head`
+                quiet_exit_on_broken_pipe()
             if _debug():
                 raise
             raise click.ClickException(f"{e.strerror or e} ({e.filename or type(e).__name__})") from None

@@ -1,7 +1,8 @@
 """Air-gap bundles: one streamable tar that carries revisions, their registry metadata and every
 needed blob once, from one depot to another (optionally as numbered volumes).
 
-Layout, plain ustar (so ``tar tvf`` lists it and ``cat OUT.* | tar t`` lists split volumes)::
+Layout, plain ustar (so ``tar tvf`` lists it and ``cat OUT.* | tar t`` lists split volumes;
+a member of 8 GiB or more gets a GNU base-256 size field, which those tools read too)::
 
     manifest.json      always first: format, source depot, revisions, refs, files, recipes, blobs
     blobs/<sha256>     each blob once, in the order manifest.json lists them
@@ -41,10 +42,11 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from . import __version__
+from . import __version__, jsonsafe
 from .depot import Depot, FileRecord
 from .units import iso_z
 from .errors import Conflict, DepotError, IntegrityError, InvalidInput
+from .lease import Lease
 from .models import REF_KINDS, File, Ref, Repo, Revision, utcnow
 from .naming import is_commit, parse_spec, validate_ref_name, validate_repo_id, validate_repo_type
 from .store import (SHA1_RE, SHA256_RE, Digest, check_relpath, git_blob_sha1, hash_file,
@@ -53,7 +55,13 @@ from .store import (SHA1_RE, SHA256_RE, Digest, check_relpath, git_blob_sha1, ha
 FORMAT = "modeldepot-bundle/1"
 INVENTORY_FORMAT = "modeldepot-inventory/1"
 MANIFEST_NAME = "manifest.json"
-MAX_MANIFEST = 256 * 1024 * 1024
+# JSON from another depot is parsed only within these bounds (registry/jsonsafe.py). 64 MiB is
+# some 200,000 files. Python holds a real manifest in about 4x its size, but a hostile one of
+# tiny objects (``[{},{},...]``) in ~20x: the count of objects and arrays is bounded too (a file
+# is one object; a real manifest has about one per 250 bytes).
+MAX_MANIFEST = 64 * 1024 * 1024
+MAX_INVENTORY = 64 * 1024 * 1024
+MAX_CONTAINERS = 1_000_000
 # Far beyond any real file, small enough that sums of sizes stay exact in JSON and in SQL.
 MAX_SIZE = 2**50
 MAX_VOLUMES = 999
@@ -84,10 +92,18 @@ def _member_size(size: int) -> int:
     return BLOCK + size + _padding(size)
 
 
+# The largest size ustar's 11 octal digits hold is 8 GiB - 1; real checkpoints are larger.
+USTAR_MAX_SIZE = 8**11 - 1
+
+
 def _tar_header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.type = size, mtime, 0o444, tarfile.REGTYPE
-    return info.tobuf(tarfile.USTAR_FORMAT)
+    if size <= USTAR_MAX_SIZE:
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    # GNU base-256 size field (read by GNU tar, bsdtar and Python's tarfile): still a single
+    # 512-byte header, so the archive size computed up front stays exact.
+    return info.tobuf(tarfile.GNU_FORMAT)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -185,11 +201,12 @@ def load_inventory(path: Path | str) -> dict[str, int]:
     hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_MANIFEST))
+            data = jsonsafe.loads(f.read(MAX_INVENTORY + 1), max_bytes=MAX_INVENTORY,
+                                  max_containers=MAX_CONTAINERS)
     except FileNotFoundError:
         raise InvalidInput(f"--have {path}: no such file; {hint}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"--have {path} is not JSON ({e}); {hint}") from None
+    except jsonsafe.JSONInputError as e:
+        raise InvalidInput(f"--have {path} is not valid JSON ({e}); {hint}") from None
     if not isinstance(data, dict) or data.get("format") != INVENTORY_FORMAT:
         raise InvalidInput(f"--have {path} is not a modeldepot inventory; {hint}")
     blobs = data.get("blobs")
@@ -479,8 +496,9 @@ class _Receiver:
     digest and links the blob into place) run on a third, overlapping the next member. Blobs are
     still only ever linked into ``blobs/`` after they are durable and verified."""
 
-    def __init__(self, store):
+    def __init__(self, store, lease: Lease):
         self.store = store
+        self.lease = lease
         self.hashers = ThreadPoolExecutor(2, thread_name_prefix="bundle-hash")
         self.sealer = ThreadPoolExecutor(1, thread_name_prefix="bundle-seal")
         self.sealing: list = []
@@ -529,7 +547,7 @@ class _Receiver:
         finally:
             os.close(fd)
         self.store.adopt(tmp, digest=digest, sha256=digest.sha256, size=digest.size,
-                         label=f"blob {digest.sha256}")
+                         label=f"blob {digest.sha256}", lease=self.lease)
         self.sealed.append(digest.sha256)
 
     def finish(self) -> None:
@@ -632,8 +650,8 @@ class _TarReader:
         raw = self.read_exact(info.size, MANIFEST_NAME)
         self.skip_padding(info)
         try:
-            manifest = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            manifest = jsonsafe.loads(raw, max_bytes=MAX_MANIFEST, max_containers=MAX_CONTAINERS)
+        except jsonsafe.JSONInputError as e:
             raise self.error(f": {MANIFEST_NAME} is not valid JSON ({e})") from None
         validate_manifest(manifest, self.label)
         return manifest
@@ -838,13 +856,30 @@ class _Plan:
     to_write: dict[str, int] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     lacking: list[tuple[dict, dict]] = field(default_factory=list)
+    # (type, repo) -> repo fields the receiver has set that the bundle would change
+    differing_fields: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    @property
+    def moving(self) -> list[tuple[str, str, str | None, str]]:
+        """Existing refs the import would point at another commit (new refs are not moves)."""
+        return [m for m in self.moved_refs if m[2] is not None and m[2] != m[3]]
 
 
-def plan_import(depot: Depot, manifest: dict) -> _Plan:
-    """What importing would change: new revisions, moved refs, blobs to write or already held."""
+def plan_import(depot: Depot, manifest: dict, lease: Lease | None = None) -> _Plan:
+    """What importing would change: new revisions, moved refs, blobs to write or already held.
+    With the importer's ``lease``, the blobs found held stay held against ``gc``."""
     plan = _Plan()
     in_bundle = {b["sha256"] for b in manifest["blobs"]}
     with depot.db.session() as s:
+        for entry in manifest["repos"]:
+            repo = s.scalar(select(Repo).where(Repo.type == entry["type"], Repo.name == entry["name"]))
+            if repo is None:
+                continue
+            have = _repo_fields(repo)
+            differ = sorted(k for k, v in entry["fields"].items()
+                            if v is not None and have.get(k) is not None and have[k] != v)
+            if differ:
+                plan.differing_fields[(entry["type"], entry["name"])] = differ
         for rev in manifest["revisions"]:
             repo = s.scalar(select(Repo).where(Repo.type == rev["type"], Repo.name == rev["repo"]))
             exists = repo is not None and s.scalar(select(Revision.id).where(
@@ -862,7 +897,7 @@ def plan_import(depot: Depot, manifest: dict) -> _Plan:
             sha, size = f["sha256"], f["size"]
             if sha in plan.to_write or sha in plan.held:
                 continue
-            if depot.store.has_blob(sha, size):
+            if depot.store.claim_blob(sha, size, lease):
                 plan.held[sha] = size
             elif sha in in_bundle:
                 plan.to_write[sha] = size
@@ -907,14 +942,15 @@ def _check_held(depot: Depot, plan: _Plan, claims: dict[str, list[dict]], label:
                             claims[sha], label)
 
 
-def _discard(depot: Depot, written: list[str]) -> None:
-    """Remove blobs this import wrote that no revision uses (so a refused bundle changes nothing)."""
+def _discard(depot: Depot, written: list[str], lease: Lease) -> None:
+    """Remove blobs this import wrote that no revision uses (so a refused bundle changes nothing),
+    unless another live writer holds them."""
     if not written:
         return
-    with depot.blobs_lock(), depot.db.session() as s:
+    with depot.blobs_lock(), depot.leases.frozen(exclude=lease) as claims, depot.db.session() as s:
         used = set(s.scalars(select(File.sha256).where(File.sha256.in_(written)).distinct()))
         for sha in written:
-            if sha not in used:
+            if sha not in used and sha not in claims.blobs:
                 depot.store.remove_blob(sha)
 
 
@@ -1008,16 +1044,22 @@ def import_bundle(
     *,
     progress: Progress = None,
     on_start: Callable[[int | None], None] | None = None,
+    move_refs: bool = False,
 ) -> dict:
     """Verify and register what a bundle holds. Every blob is checked (size, sha256, and the git
-    sha1 its files claim) before any revision is published; a refused bundle changes nothing."""
+    sha1 its files claim) before any revision is published; a refused bundle changes nothing.
+
+    Refs this depot has are moved, and repo fields it has set are replaced by the bundle's, only
+    with ``move_refs``; without it a bundle that would move a ref is refused (naming them), and
+    fields the receiver has set are kept."""
     try:
         reader, manifest, files = open_bundle(paths, stream, progress)
     except DepotError as e:
         raise type(e)(f"{e}; nothing was imported") from None
     label = reader.label
     try:
-        result = _import(depot, reader, manifest, label, on_start)
+        with depot.writing() as lease:
+            result = _import(depot, reader, manifest, label, on_start, lease, move_refs)
     finally:
         reader.source.close()
     result["files"] = [str(p) for p in files]
@@ -1025,8 +1067,13 @@ def import_bundle(
 
 
 def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
-            on_start: Callable[[int | None], None] | None) -> dict:
-    plan = plan_import(depot, manifest)
+            on_start: Callable[[int | None], None] | None, lease: Lease, move_refs: bool) -> dict:
+    plan = plan_import(depot, manifest, lease)
+    if plan.moving and not move_refs:
+        moves = ", ".join(f"{repo} {ref} {old[:12]} -> {new[:12]}"
+                          for repo, ref, old, new in plan.moving)
+        raise Conflict(f"importing {label} would move {len(plan.moving)} ref(s) this depot has: "
+                       f"{moves}; nothing was imported; run it again with --move-refs to move them")
     summary = {
         "bundle_id": manifest["bundle_id"],
         "source_depot_id": manifest["source_depot_id"],
@@ -1036,7 +1083,11 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         "created": len(plan.new),
         "present": len(plan.present),
         "moved_refs": [{"repo": repo, "ref": ref, "from": old, "to": new}
-                       for repo, ref, old, new in plan.moved_refs],
+                       for repo, ref, old, new in plan.moving],
+        "new_refs": [{"repo": repo, "ref": ref, "to": new}
+                     for repo, ref, old, new in plan.moved_refs if old is None],
+        "kept_fields": [] if move_refs else [
+            {"type": t, "repo": n, "fields": names} for (t, n), names in plan.differing_fields.items()],
         "blobs_written": 0,
         "bytes_written": 0,
         "blobs_held": len(plan.held),
@@ -1044,7 +1095,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
     }
     if not summary["changed"]:
         return summary
-    receiver = _Receiver(depot.store)
+    receiver = _Receiver(depot.store, lease)
     try:
         if plan.lacking:
             rev, f = plan.lacking[0]
@@ -1074,7 +1125,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
             if sha not in plan.to_write:
                 reader.skip(info)
                 continue
-            if depot.store.has_blob(sha, info.size):  # a concurrent import stored it meanwhile
+            if depot.store.claim_blob(sha, info.size, lease):  # a concurrent import stored it
                 reader.skip(info)
                 _check_git_sha1(sha, info.size, {hash_file(depot.store.blob_path(sha)).git_sha1},
                                 claims[sha], label)
@@ -1092,19 +1143,22 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         receiver.finish()
     except DepotError as e:
         receiver.close()
-        _discard(depot, receiver.sealed)
+        _discard(depot, receiver.sealed, lease)
         raise type(e)(f"{e}; nothing was imported") from None
     except BaseException:
         receiver.close()
-        _discard(depot, receiver.sealed)
+        _discard(depot, receiver.sealed, lease)
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
+    if not move_refs:  # what the receiver has set stays as it is
+        for key, names in plan.differing_fields.items():
+            fields[key] = {k: v for k, v in fields[key].items() if k not in names}
     try:
         # A concurrent import of the same revision may publish it first: report what this did.
         for row, rev in zip(summary["revisions"], manifest["revisions"], strict=True):
             row["created"] = _publish(depot, manifest, rev, fields[(rev["type"], rev["repo"])])
     except BaseException:
-        _discard(depot, receiver.sealed)  # keeps what the revisions published so far use
+        _discard(depot, receiver.sealed, lease)  # keeps what the revisions published so far use
         raise
     summary["created"] = sum(row["created"] for row in summary["revisions"])
     summary["present"] = len(summary["revisions"]) - summary["created"]

@@ -59,7 +59,16 @@ class DatasetRepo:
 
     def config(self, name: str | None) -> DataConfig:
         if name is None:
-            return next((c for c in self.configs if c.default), self.configs[0])
+            # As datasets.load_dataset: the default config, else the only one, else refuse.
+            chosen = next((c for c in self.configs if c.default), None)
+            if chosen is None and len(self.configs) == 1:
+                chosen = self.configs[0]
+            if chosen is None:
+                raise InvalidInput(
+                    f"config name is missing: {self.name} has {len(self.configs)} configs and none "
+                    f"is the default; pick one with --config: "
+                    + ", ".join(c.name for c in self.configs))
+            return chosen
         for c in self.configs:
             if c.name == name:
                 return c
@@ -148,9 +157,17 @@ def discover(snapshot: Path, label: str | None = None) -> list[DataConfig]:
         ))
     if not configs:
         raise NotFound(f"{label} has no data files that 'datasets' can load")
-    if not any(c.default for c in configs):
-        configs[0].default = True
     return configs
+
+
+def _card_license(card: dict) -> str | list[str] | None:
+    """The card's ``license``: one identifier, or a list of them as the Hub allows."""
+    value = card.get("license")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def _relative(path: str, roots: set[str]) -> str:
@@ -323,7 +340,7 @@ def dataset_info(depot: Depot, name: str, rev: str | None = None) -> dict:
     return {
         "repo": name,
         "commit": repo.commit,
-        "license": card.get("license") if isinstance(card.get("license"), str) else None,
+        "license": _card_license(card),
         "description": description[:2000],
         "size": sum(repo.sizes.values()),
         "configs": configs,

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 from .config import Settings
 from .db import Database
 from .faults import failpoint
+from .lease import Leases
 from .errors import Conflict, IntegrityError, InvalidInput, RepoNotFound, RevisionNotFound
 from .models import Artifact, Blob, DepotInfo, Event, File, Ref, Repo, Revision, utcnow
 from .naming import (
@@ -109,6 +110,7 @@ class Depot:
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
         self.store = Store(settings)
+        self.leases = Leases(settings.locks_dir)
         settings.home.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings, migrate=migrate)
 
@@ -158,6 +160,12 @@ class Depot:
         """Held while blobs are checked-and-registered (publish) or deleted (rm, gc)."""
         return file_lock(self.settings.locks_dir / "blobs.lock")
 
+    def writing(self):
+        """A writer's lease (``with depot.writing() as lease``): what it announces through it
+        (``Store.adopt``/``claim_blob`` with ``lease=``) ``gc`` and ``rm`` leave alone until the
+        writer ends. See registry/lease.py."""
+        return self.leases.writer()
+
     # -- publishing --------------------------------------------------------------------------
 
     def publish(
@@ -190,10 +198,14 @@ class Depot:
             validate_ref_name(ref)
         size = sum(f.size for f in files)
 
-        with self.store.repo_lock(repo_type, name):
+        failpoint("publish:start")
+        with self.writing() as lease, self.store.repo_lock(repo_type, name):
             if self._already_published(repo_type, name, commit, refs):
                 return PublishResult(repo=name, repo_type=repo_type, commit=commit, created=False,
                                      refs=[r for r, _ in refs], size=size, file_count=len(files))
+            # The snapshot and its blobs are unreferenced until the commit below: hold them.
+            lease.hold_repo(repo_folder_name(repo_type, name))
+            lease.hold_blobs(f.sha256 for f in files)
             self.store.publish_snapshot(
                 repo_type, name, commit, [(f.path, f.sha256, f.git_sha1, f.lfs) for f in files]
             )
@@ -574,7 +586,8 @@ class Depot:
 
     def rm(self, repo_type: str, name: str, rev: str | None = None, dry_run: bool = False) -> dict:
         """Remove one revision (``rev``) or the whole repo; blobs still used elsewhere stay."""
-        with self.store.repo_lock(repo_type, name), self.blobs_lock():
+        with self.store.repo_lock(repo_type, name), self.blobs_lock(), \
+                self.leases.frozen(prune=not dry_run) as claims:
             with self.db.session(write=not dry_run) as s:
                 repo = self.get_repo(s, repo_type, name)
                 if rev is None:
@@ -640,13 +653,13 @@ class Depot:
                 self.store.remove_repo_view(repo_type, name)
             else:
                 self.store.prune_view_blobs(repo_type, name, keep_etags)
-            for sha in freed:
+            for sha in freed - claims.blobs:  # a live writer is about to reference those
                 self.store.remove_blob(sha)
         return plan
 
     def gc(self, dry_run: bool = False) -> dict:
         """Remove what the registry does not reference: blobs, stale temp files, stray views."""
-        with self.blobs_lock():
+        with self.blobs_lock(), self.leases.frozen(prune=not dry_run) as claims:
             with self.db.session() as s:
                 referenced = set(s.scalars(select(File.sha256).distinct()))
                 views = {
@@ -659,13 +672,16 @@ class Depot:
                 }
                 stale_rows = list(s.scalars(select(Blob.sha256).where(Blob.sha256.notin_(referenced)))) \
                     if referenced else list(s.scalars(select(Blob.sha256)))
-            blobs = [(sha, p) for sha, p in self.store.iter_blobs() if sha not in referenced]
+            # What live writers hold but have not published yet is not garbage (registry/lease.py).
+            stale_rows = [sha for sha in stale_rows if sha not in claims.blobs]
+            blobs = [(sha, p) for sha, p in self.store.iter_blobs()
+                     if sha not in referenced and sha not in claims.blobs]
             tmp = [p for p in self._stale_tmp()]
             stray_views: list[Path] = []
             known_dirs = {repo_folder_name(t, n): (t, n) for (t, n) in views}
             if self.store.hub.is_dir():
                 for d in self.store.hub.iterdir():
-                    if d.name.startswith("."):
+                    if d.name.startswith(".") or d.name in claims.repos:
                         continue
                     key = known_dirs.get(d.name)
                     if key is None:

@@ -392,6 +392,15 @@ def _export_locked(depot: Depot, plan: ExportPlan, *, atol: float, force: bool,
     started = time.monotonic()
     work = depot.store.tmp_path(f"export-{plan.name}")
     out = work / "onnx"
+    with depot.writing() as lease:
+        lease.hold_blobs(f["sha256"] for f in plan.source_files)  # kept through a concurrent rm
+        return _store_and_publish(depot, plan, work, out, lease, atol=atol, force=force,
+                                  step=step, started=started, min_agreement=min_agreement)
+
+
+def _store_and_publish(depot: Depot, plan: ExportPlan, work: Path, out: Path, lease, *,
+                       atol: float, force: bool, step, started: float,
+                       min_agreement: float | None) -> dict:
     try:
         out.mkdir(parents=True)
         with _quiet_offline(depot.settings.debug):
@@ -401,7 +410,7 @@ def _export_locked(depot: Depot, plan: ExportPlan, *, atol: float, force: bool,
         new_files = []
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = "onnx/" + path.relative_to(out).as_posix()
-            d = depot.store.adopt(path, label=rel)
+            d = depot.store.adopt(path, label=rel, lease=lease)
             new_files.append(FileRecord.from_digest(rel, d, lfs=is_lfs(rel, d.size)))
         # The export owns onnx/: an upstream onnx/ folder in the source would mix with ours.
         kept = [FileRecord(f["path"], f["size"], f["sha256"], f["git_sha1"], f["lfs"],

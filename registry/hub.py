@@ -44,7 +44,7 @@ from .errors import (
 from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
-from .store import CHUNK, Digest, Hasher, git_blob_sha1, hash_file, lfs_pointer
+from .store import CHUNK, Digest, Hasher, check_relpath, git_blob_sha1, hash_file, lfs_pointer
 from .units import human_size, iso_z
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -443,13 +443,14 @@ class _Cancelled(Exception):
 
 class _Puller:
     def __init__(self, depot: Depot, repo_type: str, name: str, commit: str, endpoint: str,
-                 token: str | None, progress: _Progress):
+                 token: str | None, progress: _Progress, lease=None):
         from huggingface_hub.utils import build_hf_headers
 
         self.depot, self.store = depot, depot.store
         self.repo_type, self.name, self.commit = repo_type, name, commit
         self.endpoint = endpoint
         self.progress = progress
+        self.lease = lease
         self.headers = build_hf_headers(token=token or False, library_name="modeldepot",
                                         library_version=__version__)
         # Downloads must not be transparently decompressed: sizes and hashes are of the bytes.
@@ -482,7 +483,7 @@ class _Puller:
         import requests
         import urllib3
 
-        if f.sha256 and self.store.has_blob(f.sha256, f.size):
+        if f.sha256 and self.store.claim_blob(f.sha256, f.size, self.lease):
             self.progress.file_done(f.path)
             return self.known_digest(f)  # another pull fetched it while we waited
         hasher = _hasher_for(f)
@@ -516,7 +517,7 @@ class _Puller:
         label = f"{_repo_label(self.repo_type, self.name)}@{self.commit[:12]}: {f.path}"
         try:
             got = self.store.adopt(tmp, digest=digest, size=f.size, label=label,
-                                   sha256=f.sha256,
+                                   sha256=f.sha256, lease=self.lease,
                                    git_sha1=f.git_sha1 if f.lfs is False else None)
         except IntegrityError as e:
             raise IntegrityError(
@@ -728,6 +729,14 @@ def pull(
     the depot lacks, verifies each one, and publishes the revision with the upstream metadata.
     Nothing becomes visible unless every file arrived and verified.
     """
+    with depot.writing() as lease:  # what it stores, gc leaves alone until it has published
+        return _pull(depot, repo_type, name, revision, endpoint=endpoint, token=token,
+                     include=include, exclude=exclude, progress=progress, lease=lease)
+
+
+def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endpoint: str,
+          token: str | None, include: list[str] | None, exclude: list[str] | None, progress,
+          lease) -> PullResult:
     validate_repo_type(repo_type)
     validate_repo_id(name)
     if revision is not None and (not revision or len(revision) > 200 or "\0" in revision):
@@ -749,8 +758,10 @@ def pull(
             f"no file of {_repo_label(repo_type, name)}@{commit[:12]} matches "
             "--include/--exclude; see 'modeldepot info' for its files"
         )
+    for f in files:  # before a byte is downloaded
+        check_relpath(f.path)
     progress_ = _Progress(progress)
-    puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_)
+    puller = _Puller(depot, repo_type, name, commit, endpoint, token, progress_, lease)
     for f in files:
         if not f.complete:
             _call(_fill_from_head, f, puller.url(f.path), token, endpoint,
@@ -769,7 +780,7 @@ def pull(
     for f in files:
         if f.git_sha1 in by_git and f.lfs is False:
             f.sha256 = by_git[f.git_sha1]
-        if f.sha256 and depot.store.has_blob(f.sha256, f.size):
+        if f.sha256 and depot.store.claim_blob(f.sha256, f.size, lease):
             records[f.path] = _record(f, puller.known_digest(f))
         else:
             todo.append(f)

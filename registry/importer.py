@@ -29,7 +29,7 @@ WEIGHT_PATTERNS = ["*.safetensors", "*.bin", "*.onnx", "*.pt", "*.pth", "*.h5", 
                    "*.gguf", "*.ckpt", "*.ot", "*.tflite"]
 DATA_PATTERNS = ["*.parquet", "*.csv", "*.tsv", "*.json", "*.jsonl", "*.arrow", "*.txt"]
 SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
-SKIP_FILES = {".DS_Store"}
+SKIP_FILES = {".DS_Store", ".git"}  # .git as a file: a submodule's or worktree's gitdir link
 
 
 def is_lfs(path: str, size: int) -> bool:
@@ -223,23 +223,24 @@ def import_dir(
 
     def ingest(entry: tuple[str, Path]) -> FileRecord:
         rel, full = entry
-        d = depot.store.ingest_file(full, label=rel)
+        d = depot.store.ingest_file(full, label=rel, lease=lease)
         if progress:
             progress(d.size)
         failpoint("import:after-file")
         return FileRecord.from_digest(rel, d, is_lfs(rel, d.size), "local")
 
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
-        files = list(pool.map(ingest, entries))
-    commit = compute_commit(files)
-    return depot.publish(
-        repo_type=repo_type,
-        name=name,
-        commit=commit,
-        files=files,
-        source="import",
-        refs=[(ref, "branch")],
-        repo_fields=fields,
-        revision_meta=meta,
-        event_details={"from": str(src.resolve())},
-    )
+    with depot.writing() as lease:
+        with ThreadPoolExecutor(max_workers=min(4, max(1, len(entries)))) as pool:
+            files = list(pool.map(ingest, entries))
+        commit = compute_commit(files)
+        return depot.publish(
+            repo_type=repo_type,
+            name=name,
+            commit=commit,
+            files=files,
+            source="import",
+            refs=[(ref, "branch")],
+            repo_fields=fields,
+            revision_meta=meta,
+            event_details={"from": str(src.resolve())},
+        )

@@ -30,8 +30,12 @@ def _reject_constant(name: str):
 
 
 def loads(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH,
-          allow_nan: bool = False) -> Any:
+          allow_nan: bool = False, max_containers: int | None = None) -> Any:
     """Parse ``data`` as JSON after checking its size and nesting depth.
+
+    ``max_containers`` bounds the number of objects and arrays: what a parsed document costs in
+    memory is mostly theirs (``[{},{},...]`` holds ~64 bytes per 3 bytes of input), so this is
+    the bound that keeps a document within ``max_bytes`` also within a known memory budget.
 
     Raises ``JSONInputError`` (a ``ValueError``) with a one-line reason: too large, nested too
     deep, not UTF-8, NaN/Infinity (unless ``allow_nan``), or the parser's own message.
@@ -39,13 +43,16 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEP
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
         raise JSONInputError(f"larger than {max_bytes:,} bytes")
-    depth = 0
+    depth = containers = 0
     for m in _TOKEN.finditer(raw):
         tok = m.group()
         if tok in (b"[", b"{"):
             depth += 1
+            containers += 1
             if depth > max_depth:
                 raise JSONInputError(f"nested deeper than {max_depth} levels")
+            if max_containers is not None and containers > max_containers:
+                raise JSONInputError(f"more than {max_containers:,} objects and arrays")
         elif tok in (b"]", b"}"):
             depth -= 1
     try:

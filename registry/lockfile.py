@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 from sqlalchemy import select
 
-from .bundle import revision_entry, validate_revision
+from . import jsonsafe
+from .bundle import MAX_CONTAINERS, revision_entry, validate_revision
 from .depot import Depot
 from .errors import DepotError, IntegrityError, InvalidInput
 from .models import Artifact, Ref, Repo, Revision
@@ -43,7 +44,7 @@ from .naming import parse_spec, validate_repo_type
 
 LOCK_FORMAT = "modeldepot-lock/1"
 DEFAULT_LOCKFILE = "modeldepot.lock"
-MAX_LOCKFILE = 256 * 1024 * 1024
+MAX_LOCKFILE = 64 * 1024 * 1024  # parsed within bounds (registry/jsonsafe.py)
 LOCK_FILE_FIELDS = ("path", "size", "sha256")
 
 
@@ -108,13 +109,15 @@ def read_lock(path: Path | str) -> dict:
     path = Path(path)
     hint = "make one with 'modeldepot lock REPO[@REV] -o FILE'"
     try:
-        if path.stat().st_size > MAX_LOCKFILE:
+        with open(path, "rb") as f:  # read no more than the bound, whatever the file claims
+            raw = f.read(MAX_LOCKFILE + 1)
+        if len(raw) > MAX_LOCKFILE:
             raise InvalidInput(f"{path} is over {MAX_LOCKFILE} bytes; it is not a lockfile")
-        lock = json.loads(path.read_bytes())
+        lock = jsonsafe.loads(raw, max_bytes=MAX_LOCKFILE, max_containers=MAX_CONTAINERS)
     except FileNotFoundError:
         raise InvalidInput(f"no such lockfile: {path}; {hint}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"{path} is not a modeldepot lockfile (not JSON: {e})") from None
+    except jsonsafe.JSONInputError as e:
+        raise InvalidInput(f"{path} is not a modeldepot lockfile (not valid JSON: {e})") from None
     if not isinstance(lock, dict) or not isinstance(lock.get("format"), str):
         raise InvalidInput(f"{path} is not a modeldepot lockfile (no format); {hint}")
     if lock["format"] != LOCK_FORMAT:

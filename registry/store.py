@@ -27,6 +27,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from .config import Settings
 from .errors import IntegrityError, InvalidInput
+from .lease import Lease
 
 CHUNK = 4 * 1024 * 1024
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -120,9 +121,16 @@ def check_relpath(path: str) -> str:
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise InvalidInput(f"refusing unsafe file path {path!r}")
-    if parts[0] == ".git":
+    if in_git_dir(path):
         raise InvalidInput(f"refusing file path inside .git: {path!r}")
     return path
+
+
+def in_git_dir(path: str) -> bool:
+    """A ``.git`` component at any depth: written into a plain directory, ``sub/.git/config``
+    makes ``git`` there run what it says (``core.fsmonitor``). Case-insensitive, as on the
+    file systems where ``.GIT`` is ``.git``."""
+    return any(part.lower() == ".git" for part in path.split("/"))
 
 
 class Store:
@@ -165,9 +173,11 @@ class Store:
         size: int | None = None,
         label: str = "",
         digest: Digest | None = None,
+        lease: Lease | None = None,
     ) -> Digest:
         """Hash ``tmp`` (unless ``digest`` is given), check it against what is expected, and move
-        it into ``blobs/``. ``tmp`` is consumed either way."""
+        it into ``blobs/``. ``tmp`` is consumed either way. ``lease`` (the writer's) holds the blob
+        against ``gc`` from before it is linked until the writer publishes or ends."""
         try:
             got = digest or hash_file(tmp)
             what = label or tmp.name
@@ -181,6 +191,8 @@ class Store:
                 raise IntegrityError(
                     f"{what}: git sha1 mismatch (expected {git_sha1}, got {got.git_sha1})"
                 )
+            if lease is not None:
+                lease.hold_blobs([got.sha256])
             self._link_into_place(tmp, self.blob_path(got.sha256))
             return got
         finally:
@@ -194,7 +206,14 @@ class Store:
         except FileExistsError:
             pass  # same name == same content; the first writer wins
 
-    def ingest_file(self, src: Path, label: str = "") -> Digest:
+    def claim_blob(self, sha256: str, size: int | None, lease: Lease | None) -> bool:
+        """``has_blob`` for a writer that will reference the blob: held by ``lease`` first, so a
+        ``gc`` cannot remove it between this answer and the writer's publish."""
+        if lease is not None:
+            lease.hold_blobs([sha256])
+        return self.has_blob(sha256, size)
+
+    def ingest_file(self, src: Path, label: str = "", lease: Lease | None = None) -> Digest:
         """Copy ``src`` into the store while hashing it (the source may change later)."""
         tmp = self.tmp_path(src.name)
         size = src.stat().st_size
@@ -214,7 +233,7 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self.adopt(tmp, digest=digest, label=label or str(src))
+        return self.adopt(tmp, digest=digest, label=label or str(src), lease=lease)
 
     def ingest_stream(self, stream: BinaryIO, size: int, label: str = "", **expect) -> Digest:
         """Write exactly ``size`` bytes from ``stream`` into the store, verifying ``expect``."""

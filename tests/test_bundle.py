@@ -165,8 +165,15 @@ def test_incremental_bundle_holds_only_new_blobs(cli, models, tmp_path):
     assert (result["blobs"], result["blob_bytes"], result["left_out_blobs"]) == (1, config_size, shared)
     assert inc.stat().st_size < full.stat().st_size / 10
 
+    v1 = open_depot(b).resolve("model", "org/clf")["commit"]
+    v2 = result["revisions"][0]["commit"]
     r = cli("--home", b, "bundle", "import", inc)
+    assert (r.exit_code, r.stderr) == (1, f"Error: importing inc.bundle would move 1 ref(s) this depot "
+                                          f"has: org/clf main {v1[:12]} -> {v2[:12]}; nothing was "
+                                          "imported; run it again with --move-refs to move them\n")
+    r = cli("--home", b, "bundle", "import", inc, "--move-refs")
     assert r.exit_code == 0, r.output
+    assert f"moved    org/clf main: {v1[:12]} -> {v2[:12]}\n" in r.output
     assert r.output.endswith(f"1 revision(s) imported from inc.bundle, 0 already present; 1 blob(s) "
                              f"written ({human_size(config_size)}), {shared} already held\n")
     inv_a, inv_b = (json.loads(cli("--home", h, "inventory").output) for h in (a, b))
@@ -290,6 +297,14 @@ def test_create_refuses_existing_output_and_bad_have(cli, source, tmp_path):
     r = cli("--home", source.home, "bundle", "create", tmp_path / "y", "org/clf", "--have", have)
     assert (r.exit_code, r.stderr) == (1, f"Error: --have {have} is not a modeldepot inventory; make it "
                                           "with 'modeldepot inventory > have.json' on the receiving depot\n")
+    hint = "make it with 'modeldepot inventory > have.json' on the receiving depot"
+    for content, why in [("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+                         ("[" + "[]," * 1_000_000 + "[]]", "more than 1,000,000 objects and arrays"),
+                         (" " * (64 * 1024 * 1024 + 1), "larger than 67,108,864 bytes")]:
+        have.write_text(content)
+        r = cli("--home", source.home, "bundle", "create", tmp_path / "y", "org/clf", "--have", have)
+        assert (r.exit_code, r.stderr) == (1, f"Error: --have {have} is not valid JSON ({why}); "
+                                              f"{hint}\n")
 
 
 # -- hostile and broken bundles ---------------------------------------------------------------
@@ -384,10 +399,17 @@ HOSTILE = {
     "manifest not json": lambda s: (
         tar_of([member("manifest.json", b"{'format': 1}")] + standard(s)[1:]),
         "the bundle on stdin: manifest.json is not valid JSON (Expecting property name enclosed in "
-        "double quotes: line 1 column 2 (char 1))"),
+        "double quotes at line 1 column 2)"),
+    "manifest of tiny objects": lambda s: (
+        tar_of([member("manifest.json", b"[" + b"{}," * 1_000_000 + b"{}]")] + standard(s)[1:]),
+        "the bundle on stdin: manifest.json is not valid JSON (more than 1,000,000 objects and "
+        "arrays)"),
+    "manifest nested too deep": lambda s: (
+        tar_of([member("manifest.json", b"[" * 100_000 + b"]" * 100_000)] + standard(s)[1:]),
+        "the bundle on stdin: manifest.json is not valid JSON (nested deeper than 64 levels)"),
     "huge manifest": lambda s: (
         tar_of([member("manifest.json", size=2**40)]),
-        "the bundle on stdin: manifest.json is 1099511627776 bytes, over the 268435456 byte limit; "
+        "the bundle on stdin: manifest.json is 1099511627776 bytes, over the 67108864 byte limit; "
         "refusing it"),
     "huge member": lambda s: (
         tar_of(standard(s)[:1] + [member(f"blobs/{_big(s)}", size=2**40)]),
@@ -507,3 +529,139 @@ def test_concurrent_imports_of_one_bundle_both_succeed(source, tmp_path):
     inv_a, inv_b = source.depot.inventory(), depot.inventory()
     assert (inv_b["blobs"], inv_b["revisions"]) == (inv_a["blobs"], inv_a["revisions"])
     assert depot.verify()["ok"]
+
+
+# -- members of 8 GiB and more ------------------------------------------------------------------
+
+class _SparseCapture:
+    """A write-only stream that keeps what is written and only counts runs of zeros, then reads
+    the same byte stream back without holding it."""
+
+    def __init__(self):
+        self.segments: list[bytes | int] = []
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.segments.append(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def write_zeros(self, n: int) -> None:
+        self.segments.append(n)
+        self.size += n
+
+    def flush(self) -> None:
+        pass
+
+    def reader(self):
+        segments = iter(self.segments)
+        pending = [b""]
+
+        class Replay:
+            def read(self_, n: int) -> bytes:
+                while not pending[0]:
+                    seg = next(segments, None)
+                    if seg is None:
+                        return b""
+                    pending[0] = seg
+                head = pending[0]
+                if isinstance(head, int):
+                    take = min(n, head)
+                    pending[0] = head - take
+                    return bytes(take)
+                pending[0] = head[n:]
+                return head[:n]
+
+        return Replay()
+
+
+def test_a_blob_over_8_gib_gets_a_size_field_tar_tools_read(tmp_path, monkeypatch):
+    """A real sparse file of 8 GiB + 5 bytes in the store goes through 'bundle create'; the
+    bundle reader and Python's tarfile read its header back.
+
+    At the size-faked layer, said plainly: reading 8 GiB of a sparse file costs ~30 s here, and
+    hashing it minutes, so (1) the blob is registered under a stand-in sha256 (publish does not
+    re-hash), (2) the copy of its bytes into the stream is counted, not performed (``copy_from``
+    below: same volume and size accounting, no reads), and (3) the import side is checked at the
+    tar header and stream layer (``_TarReader``) rather than by storing 8 GiB again."""
+    from registry.bundle import BLOCK, _Sink, _Source, _TarReader
+
+    def counted_copy(self, src_fd, count):
+        assert os.fstat(src_fd).st_size == count  # the real (sparse) blob file
+        offset = 0
+        while offset < count:
+            want = self._span(count - offset)
+            self.stream.write_zeros(want)
+            self._done(want)
+            offset += want
+
+    monkeypatch.setattr(_Sink, "copy_from", counted_copy)
+    depot = open_depot(tmp_path / "big")
+    big = 8 * 1024**3 + 5
+    sha = "b" * 64
+    path = depot.store.blob_path(sha)
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        f.truncate(big)
+    files = [FileRecord("model-00001.safetensors", big, sha, "c" * 40, True)]
+    depot.publish(repo_type="model", name="org/big", commit=compute_commit(files), files=files,
+                  source="import")
+    out = _SparseCapture()
+    result = create_bundle(depot, out, ["org/big"])
+    assert result["archive_size"] == out.size
+    reader = _TarReader(_Source(None, out.reader(), None), "the bundle on stdin")
+    manifest = reader.read_manifest()
+    assert manifest["blobs"] == [{"sha256": sha, "size": big}]
+    info = reader.next_member()
+    assert (info.name, info.size) == (f"blobs/{sha}", big)
+    header = next(s for s in out.segments if isinstance(s, bytes) and len(s) == BLOCK
+                  and s.startswith(f"blobs/{sha}".encode()))
+    assert tarfile.TarInfo.frombuf(header, "utf-8", "strict").size == big
+    reader.skip(info)
+    assert reader.next_member() is None
+
+
+def test_import_keeps_the_receivers_refs_and_fields_unless_told(cli, models, tmp_path):
+    from sqlalchemy import select
+
+    from registry.models import Repo
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("--home", a, "import", models.get("classifier"), "--repo", "org/clf")
+    cli("--home", a, "bundle", "create", tmp_path / "v1.bundle", "org/clf")
+    assert cli("--home", b, "bundle", "import", tmp_path / "v1.bundle").exit_code == 0
+    # The receiver made its own choices: another task, and its own alias.
+    receiver = open_depot(b)
+    with receiver.db.session(write=True) as s:
+        s.scalar(select(Repo).where(Repo.name == "org/clf")).pipeline_tag = "fill-mask"
+    v1 = receiver.resolve("model", "org/clf")["commit"]
+    # The sender adds a derived revision and points 'prod' of its own at it.
+    sender = open_depot(a)
+    _, derived = add_derived(sender)
+    sender.tag("model", "org/clf", derived, "prod")
+    receiver.tag("model", "org/clf", v1, "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d.bundle", "org/clf@onnx")
+    before = contents(b)
+    r = cli("--home", b, "bundle", "import", tmp_path / "d.bundle")
+    assert (r.exit_code, r.stderr) == (1, f"Error: importing d.bundle would move 1 ref(s) this depot "
+                                          f"has: org/clf prod {v1[:12]} -> {derived[:12]}; nothing "
+                                          "was imported; run it again with --move-refs to move them\n")
+    assert contents(b) == before
+    # Without the move: a bundle of the derived revision under its own alias only.
+    sender.untag("model", "org/clf", "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d2.bundle", "org/clf@onnx")
+    r = cli("--home", b, "bundle", "import", tmp_path / "d2.bundle")
+    assert r.exit_code == 0, r.stderr
+    assert "kept     org/clf's own pipeline_tag (the bundle's differ; --move-refs takes them)\n" \
+        in r.output
+    assert "moved" not in r.output
+    assert receiver.resolve("model", "org/clf")["repo_meta"]["pipeline_tag"] == "fill-mask"
+    assert receiver.resolve("model", "org/clf", "prod")["commit"] == v1
+    # With --move-refs the bundle's refs and fields win, and the output says what moved.
+    sender.tag("model", "org/clf", derived, "prod")
+    cli("--home", a, "bundle", "create", tmp_path / "d3.bundle", "org/clf@onnx")
+    r = cli("--home", b, "bundle", "import", tmp_path / "d3.bundle", "--move-refs", "--json")
+    assert json.loads(r.output)["moved_refs"] == [
+        {"repo": "org/clf", "ref": "prod", "from": v1, "to": derived}]
+    assert receiver.resolve("model", "org/clf", "prod")["commit"] == derived
+    assert receiver.resolve("model", "org/clf")["repo_meta"]["pipeline_tag"] == "text-classification"

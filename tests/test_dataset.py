@@ -641,3 +641,43 @@ def test_dataset_goes_from_depot_a_to_b_and_loads_through_the_hub_api(cli, sourc
                                 HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-offline")))
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.strip().splitlines()[-1])["train"] == REVIEWS_TRAIN
+
+
+# -- the card's license list and config choice, as `datasets` reads them ----------------------
+
+
+def test_info_shows_a_license_list(cli, tmp_path):
+    src = tmp_path / "lic"
+    src.mkdir()
+    _write_csv(src / "train.csv", NOTES_TRAIN)
+    (src / "README.md").write_text("---\nlicense:\n- mit\n- cc-by-4.0\n---\nNotes.\n")
+    assert cli("import", src, "--repo", "org/lic", "--type", "dataset").exit_code == 0
+    assert json.loads(cli("dataset", "info", "org/lic", "--json").output)["license"] == [
+        "mit", "cc-by-4.0"]
+    assert "  license: mit, cc-by-4.0\n" in cli("dataset", "info", "org/lic").output
+
+
+def test_several_configs_without_a_default_need_a_choice_as_in_datasets(cli, tmp_path):
+    import datasets
+
+    src = tmp_path / "two"
+    for cfg, rows in (("en", NOTES_TRAIN[:2]), ("fr", NOTES_TRAIN[2:])):
+        (src / cfg).mkdir(parents=True)
+        _write_csv(src / cfg / "part.csv", rows)
+    (src / "README.md").write_text(
+        "---\nconfigs:\n- config_name: en\n  data_files: en/*.csv\n"
+        "- config_name: fr\n  data_files: fr/*.csv\n---\nTwo languages, no default.\n")
+    # What datasets itself does with this card.
+    with pytest.raises(ValueError, match="Config name is missing"):
+        datasets.load_dataset(str(src))
+    assert cli("import", src, "--repo", "org/two", "--type", "dataset").exit_code == 0
+    info = json.loads(cli("dataset", "info", "org/two", "--json").output)
+    assert [(c["name"], c["default"]) for c in info["configs"]] == [("en", False), ("fr", False)]
+    out = cli("dataset", "info", "org/two").output
+    assert "(default)" not in out
+    assert "  configs: en, fr (none is the default: name one with --config)\n" in out
+    r = cli("dataset", "head", "org/two")
+    assert (r.exit_code, r.stderr) == (
+        1, "Error: config name is missing: org/two has 2 configs and none is the default; pick "
+           "one with --config: en, fr\n")
+    assert [row["id"] for row in head_rows(cli, "org/two", "--config", "fr")] == [3]

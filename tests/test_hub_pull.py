@@ -424,3 +424,17 @@ def test_concurrent_pulls_into_one_depot(depot, upstream):
     assert len(upstream["faults"].gets("model.safetensors")) == 1
     assert depot.verify()["ok"] and depot.store.has_blob(hashlib.sha256(data).hexdigest())
     assert list(depot.store.tmp.glob("pull-*")) == []
+
+
+@pytest.mark.parametrize("window", ["publish:start", "publish:after-snapshot"])
+def test_gc_during_pull_keeps_what_the_pull_holds(depot, upstream, window):
+    from registry import faults
+    from registry.depot import Depot
+
+    runs = []
+    with faults.hook(window, lambda: runs.append(Depot(depot.settings).gc())):
+        result = pull(depot, upstream)
+    assert result.created and len(runs) == 1
+    assert runs[0]["blobs"] == 0 and runs[0]["stray_views"] == 0
+    report = depot.verify()
+    assert report["problems"] == [] and report["ok"]

@@ -40,3 +40,12 @@ def test_parser_errors_are_one_line():
         jsonsafe.loads("[", max_bytes=100)
     with pytest.raises(JSONInputError, match=r"^not UTF-8 text$"):
         jsonsafe.loads(b'"\xff"', max_bytes=100)
+
+
+def test_the_number_of_objects_and_arrays_can_be_bounded():
+    """What a parsed document costs in memory is mostly its containers: bound them too."""
+    doc = "[" + "{}," * 1000 + "{}]"
+    with pytest.raises(JSONInputError, match=r"^more than 1,000 objects and arrays$"):
+        jsonsafe.loads(doc, max_bytes=10**6, max_containers=1000)
+    assert len(jsonsafe.loads(doc, max_bytes=10**6, max_containers=1002)) == 1001
+    assert jsonsafe.loads('["{}{}{}"]', max_bytes=100, max_containers=1) == ["{}{}{}"]

@@ -143,7 +143,9 @@ def test_verify_lock_reports_what_is_not_registered(cli, locked, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("[1, 2", "{path} is not a modeldepot lockfile (not JSON: Expecting ',' delimiter: line 1 column 6 (char 5))"),
+    ("[1, 2", "{path} is not a modeldepot lockfile (not valid JSON: Expecting ',' delimiter at line 1 column 6)"),
+    ('{"format": ' * 50_000 + "1" + "}" * 50_000,
+     "{path} is not a modeldepot lockfile (not valid JSON: nested deeper than 64 levels)"),
     ('{"format": "modeldepot-lock/2", "entries": []}',
      "{path} has lockfile format 'modeldepot-lock/2'; this modeldepot reads 'modeldepot-lock/1' only: "
      "upgrade modeldepot"),

@@ -63,7 +63,25 @@ def test_run_reads_inputs_from_stdin_and_json(run, models):
     pipe = _pipeline(models, "zoo/classifier", "text-classification")
     r = run("zoo/classifier", input="first line\n\nsecond line\n")
     assert r.exit_code == 0, r.output
-    assert_close(json.loads(r.output), pipe(["first line", "second line"]))
+    # One answer per input line, so they line up: a blank line is answered with null.
+    lines = r.output.splitlines()
+    assert len(lines) == 3 and lines[1] == "null"
+    assert_close([json.loads(lines[0]), json.loads(lines[2])], pipe(["first line", "second line"]))
+    # One line is answered in the same shape as each of several.
+    r = run("zoo/classifier", input="first line\n")
+    assert r.exit_code == 0, r.output
+    assert len(r.output.splitlines()) == 1
+    assert_close(json.loads(r.output), pipe(["first line"])[0])
+    r = run("zoo/ner", input="\nAda lives in Paris\n")
+    assert r.exit_code == 0, r.output
+    first, second = r.output.splitlines()
+    assert first == "null"
+    assert json.loads(second) == json.loads(run("zoo/ner", "Ada lives in Paris").output)
+    r = run("zoo/classifier", "--json", input=f"\n{LONG_TEXT}\n")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["outputs"][0] is None and out["truncated"] == [1]
+    assert r.stderr == "note: input 1 truncated to 128 tokens (the model's maximum input length)\n"
     r = run("zoo/classifier", "--inputs-json", '{"text": "a good movie", "text_pair": "a bad book"}')
     assert r.exit_code == 0, r.output
     assert_close(json.loads(r.output), pipe({"text": "a good movie", "text_pair": "a bad book"}))

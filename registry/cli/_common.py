@@ -31,6 +31,43 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
+# What a shell reports for a process that SIGPIPE ended (``modeldepot list | head``): Unix tools
+# die of SIGPIPE silently; Python ignores the signal and raises BrokenPipeError instead.
+SIGPIPE_EXIT = 128 + 13
+
+
+def stdout_gone() -> bool:
+    """True when stdout is a pipe (or socket) whose reader has gone away."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not stdout_gone():
+            raise
+        quiet_exit_on_broken_pipe()
+
+
+def quiet_exit_on_broken_pipe() -> None:
+    """Exit as ``head``'s writer does: no message, status 141. Whatever is still buffered for
+    stdout goes to /dev/null, so the interpreter's final flush cannot complain either."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(SIGPIPE_EXIT)
+
+
 def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
 

@@ -123,9 +123,12 @@ def bundle_inspect(app, files, as_json):
 
 @bundle_group.command("import")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--move-refs", is_flag=True,
+              help="Let the bundle move refs this depot has (main, aliases) to its commits and "
+                   "replace repo fields this depot has set; without it such a bundle is refused.")
 @json_option
 @pass_app
-def bundle_import(app, files, as_json):
+def bundle_import(app, files, move_refs, as_json):
     """Verify and register the revisions in a bundle.
 
     Every blob's size and sha256 are checked before it is stored, and revisions become visible
@@ -139,7 +142,7 @@ def bundle_import(app, files, as_json):
     bar, start = _bar("importing")
     with bar:
         result = import_bundle(app.depot, None if stream else list(files), stream,
-                               progress=bar.update, on_start=start)
+                               progress=bar.update, on_start=start, move_refs=move_refs)
     if as_json:
         emit_json(result)
         return
@@ -151,6 +154,11 @@ def bundle_import(app, files, as_json):
         name = r["repo"] if r["type"] == "model" else f"datasets/{r['repo']}"
         refs = f" (refs: {', '.join(r['refs'])})" if r["refs"] else ""
         click.echo(f"{'imported' if r['created'] else 'present '} {name}@{r['commit'][:12]}{refs}")
+    for m in result["moved_refs"]:
+        click.echo(f"moved    {m['repo']} {m['ref']}: {m['from'][:12]} -> {m['to'][:12]}")
+    for k in result["kept_fields"]:
+        click.echo(f"kept     {k['repo']}'s own {', '.join(k['fields'])} (the bundle's differ; "
+                   "--move-refs takes them)")
     click.echo(f"{result['created']} revision(s) imported from {label}, {result['present']} already "
                f"present; {result['blobs_written']} blob(s) written "
                f"({human_size(result['bytes_written'])}), {result['blobs_held']} already held")

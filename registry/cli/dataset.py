@@ -37,9 +37,13 @@ def dataset_info(app, spec, as_json):
         return
     click.echo(f"dataset {info['repo']}@{info['commit'][:12]}  ({human_size(info['size'])})")
     if info["license"]:
-        click.echo(f"  license: {info['license']}")
+        lic = info["license"]
+        click.echo(f"  license: {lic if isinstance(lic, str) else ', '.join(lic)}")
     if info["description"]:
         click.echo(f"  {_summary(info['description'])}")
+    if len(info["configs"]) > 1 and not any(c["default"] for c in info["configs"]):
+        click.echo(f"  configs: {', '.join(c['name'] for c in info['configs'])} (none is the "
+                   "default: name one with --config)")
     for cfg in info["configs"]:
         default = " (default)" if cfg["default"] and len(info["configs"]) > 1 else ""
         click.echo(f"\nconfig {cfg['name']}{default}: {cfg['format']}, {cfg['rows']:,} rows")

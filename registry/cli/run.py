@@ -46,7 +46,9 @@ def run_cmd(app, repo, texts, task, backend, int8, context, params, inputs_json,
     """Run a model from the depot on INPUT texts, offline, and print the answer.
 
     The answer has the shape transformers.pipeline gives, e.g. [{"label": "POSITIVE", "score":
-    0.99}]. Without INPUT, lines are read from standard input. REPO may be REPO@REV or an alias
+    0.99}]. Without INPUT, lines are read from standard input and answered one per line, in
+    order: line N of the output is the pipeline's answer for input line N within the batch (e.g.
+    {"label": "POSITIVE", "score": 0.99}), null for a blank line. REPO may be REPO@REV or an alias
     (REPO@prod); an explicit path (./dir, /abs/dir) runs a local directory without registering it.
 
     \b
@@ -58,10 +60,11 @@ def run_cmd(app, repo, texts, task, backend, int8, context, params, inputs_json,
     """
     from ..inference.service import predict, prepare
     from ..inference.source import is_path
-    from ..inference.tasks import inputs_from_texts
+    from ..inference.tasks import inputs_from_texts, task_family
 
     # A directory needs no registry: skip opening it (start-up time).
     source, chosen = prepare(None if is_path(repo) else app.depot, repo, task)
+    per_line = False  # stdin: one answer per input line (JSON Lines)
     if inputs_json is not None:
         if texts:
             raise click.UsageError("give either INPUT texts or --inputs-json, not both")
@@ -71,19 +74,44 @@ def run_cmd(app, repo, texts, task, backend, int8, context, params, inputs_json,
             raise click.UsageError(f"--inputs-json is not valid JSON: {e}") from None
     else:
         if not texts and not sys.stdin.isatty():
-            texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+            # Every line, blank ones too, so answer N is for line N.
+            texts = tuple(line.rstrip("\n").rstrip("\r") for line in sys.stdin)
+            per_line = task_family(chosen) != "sentence-similarity"
         if not texts:
             raise click.UsageError("give INPUT text(s), pipe lines on standard input, or use "
                                    "--inputs-json")
+        lines = list(texts)
+        if per_line:
+            # The model answers the non-blank lines; blank ones keep their place as null.
+            texts = tuple(t for t in lines if t.strip())
+            if not texts:
+                raise click.UsageError("standard input has only blank lines: give some text")
         inputs = inputs_from_texts(chosen, list(texts), context)
+        if per_line and len(texts) == 1:
+            inputs = [inputs]  # a list of one, so one line is answered as each of many is
     result = predict(None, repo, inputs, params, backend=backend,
                      precision="int8" if int8 else "fp32", prepared=(source, chosen))
+    if per_line:
+        _align_with_lines(result, lines)
     for note in result.notes():
         click.echo(f"note: {note}", err=True)
     if as_json:
         emit_json(result.to_json())
+    elif per_line:
+        for one in result.output:
+            click.echo(json.dumps(one, ensure_ascii=False))
     else:
         click.echo(json.dumps(result.output, ensure_ascii=False))
+
+
+def _align_with_lines(result, lines: list[str]) -> None:
+    """Put the answers (and truncation notes) back at their input line numbers."""
+    positions = [i for i, line in enumerate(lines) if line.strip()]
+    outputs = [None] * len(lines)
+    for pos, out in zip(positions, result.output, strict=True):
+        outputs[pos] = out
+    result.output = outputs
+    result.truncated = [positions[i] for i in result.truncated]
 
 
 def register(group: click.Group) -> None:

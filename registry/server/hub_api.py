@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..models import File, Ref, Repo, Revision
 from ..naming import COMMIT_RE, REF_RE, validate_repo_id
-from ..store import git_blob_sha1, lfs_pointer
+from ..store import git_blob_sha1, in_git_dir, lfs_pointer
 from .app import DEPOT, OPTIONS
 
 PAGE_SIZE = 1000
@@ -205,8 +205,14 @@ def _git_tree_ids(files: list[File]) -> dict[str, str]:
     return ids
 
 
+def _served(files) -> list[File]:
+    """A revision's files as the server hands them out: never a path inside ``.git`` (one
+    registered before such paths were refused could plant a git config in a client's folder)."""
+    return [f for f in files if not in_git_dir(f.path)]
+
+
 def _tree_entries(revision: Revision, path: str, recursive: bool, expand: bool) -> list[dict]:
-    files = list(revision.files)
+    files = _served(revision.files)
     prefix = f"{path}/" if path else ""
     if path and not any(f.path.startswith(prefix) for f in files):
         raise EntryNotFound(f"{path!r} is not a folder of {revision.commit}",
@@ -240,7 +246,7 @@ def _file_entry(f: File) -> dict:
 
 
 def _paths_info(revision: Revision, paths: list[str], expand: bool) -> list[dict]:
-    files = {f.path: f for f in revision.files}
+    files = {f.path: f for f in _served(revision.files)}
     tree_ids = None
     out = []
     for p in paths:
@@ -345,7 +351,7 @@ def _api_call(depot: Depot, repo_type: str, targets: list[Target], params: dict)
         if action == "refs":
             return _refs_json(repo, params["include_prs"]), None
         if action in ("info", "revision"):
-            body = _repo_json(repo, revision, list(revision.files), blobs=params["blobs"])
+            body = _repo_json(repo, revision, _served(revision.files), blobs=params["blobs"])
             if params["expand"]:
                 body = _only_expanded(body, params["expand"])
             return body, None
@@ -372,7 +378,7 @@ def _find_file(depot: Depot, repo_type: str, targets: list[Target]) -> tuple[str
     with depot.db.session() as s:
         target, _repo, revision = _resolve_target(s, repo_type, targets)
         f = s.scalar(select(File).where(File.revision_id == revision.id, File.path == target.path))
-        if f is None:
+        if f is None or in_git_dir(f.path):
             raise EntryNotFound(f"{target.path[:200]!r} is not a file of {target.repo}@"
                                 f"{revision.commit}", commit=revision.commit)
         return revision.commit, f
@@ -482,7 +488,8 @@ def list_repos(depot: Depot, q: ListQuery) -> tuple[list[dict], int | None]:
             for i in range(0, len(rev_ids), 500):
                 for f in s.scalars(select(File).where(File.revision_id.in_(rev_ids[i:i + 500]))
                                    .order_by(File.path)):
-                    files.setdefault(f.revision_id, []).append(f)
+                    if not in_git_dir(f.path):
+                        files.setdefault(f.revision_id, []).append(f)
         with_files = q.full or "siblings" in q.expand
         items = []
         for repo in repos:
