@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from . import cacheview, names
 from .config import Settings
 from .db import Database
 from .faults import failpoint
@@ -187,7 +188,10 @@ class Depot:
         size = sum(f.size for f in files)
 
         with self.store.repo_lock(repo_type, name):
+            with self.db.session() as s:
+                names.refuse_former_name(s, repo_type, name)
             if self._already_published(repo_type, name, commit, refs):
+                cacheview.write_short_refs(self, repo_type, name)
                 return PublishResult(repo=name, repo_type=repo_type, commit=commit, created=False,
                                      refs=[r for r, _ in refs], size=size, file_count=len(files))
             self.store.publish_snapshot(
@@ -220,6 +224,7 @@ class Depot:
                     failpoint("publish:before-commit")
             for ref, _kind in refs:
                 self.store.write_ref(repo_type, name, ref, commit)
+            cacheview.write_short_refs(self, repo_type, name)
         return PublishResult(
             repo=name,
             repo_type=repo_type,
@@ -456,6 +461,7 @@ class Depot:
                     "revisions": stats.get(r.id, (0, 0))[0],
                     "size": stats.get(r.id, (0, 0))[1] or 0,
                     "downloads": r.downloads,
+                    "served_downloads": r.served_downloads or 0,
                     "updated_at": iso_z(r.updated_at),
                 }
                 for r in repos
@@ -564,6 +570,11 @@ class Depot:
             self.store.remove_ref(repo_type, name, alias)
         return {"repo": name, "alias": alias, "commit": commit}
 
+    def add_repo_name(self, repo_type: str, repo_id: str, former_id: str,
+                      source: str = "manual") -> dict:
+        """Let ``former_id`` (a legacy or pre-rename id) reach ``repo_id``: see registry/names.py."""
+        return names.add_repo_name(self, repo_type, repo_id, former_id, source)
+
     # -- removal -----------------------------------------------------------------------------
 
     def rm(self, repo_type: str, name: str, rev: str | None = None, dry_run: bool = False) -> dict:
@@ -634,6 +645,7 @@ class Depot:
                 self.store.remove_repo_view(repo_type, name)
             else:
                 self.store.prune_view_blobs(repo_type, name, keep_etags)
+                cacheview.write_short_refs(self, repo_type, name)
             for sha in freed:
                 self.store.remove_blob(sha)
         return plan
@@ -651,6 +663,7 @@ class Depot:
                     }
                     for r in s.scalars(select(Repo).options(selectinload(Repo.revisions)))
                 }
+                name_links = names.view_names(s)
                 stale_rows = list(s.scalars(select(Blob.sha256).where(Blob.sha256.notin_(referenced)))) \
                     if referenced else list(s.scalars(select(Blob.sha256)))
             blobs = [(sha, p) for sha, p in self.store.iter_blobs() if sha not in referenced]
@@ -661,6 +674,8 @@ class Depot:
                 for d in self.store.hub.iterdir():
                     if d.name.startswith("."):
                         continue
+                    if d.is_symlink() and name_links.get(d.name) == os.readlink(d):
+                        continue  # a former name's link into its repo's view (registry/names.py)
                     key = known_dirs.get(d.name)
                     if key is None:
                         stray_views.append(d)
