@@ -61,8 +61,7 @@ def count_download(request: web.Request, repo_type: str, revision_id: int, path:
         counter.hit(repo_type, revision_id, path)
 
 
-async def _flush_periodically(app: web.Application):
-    counter = app[COUNTER]
+async def _flush_periodically(counter: DownloadCounter):
     try:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
@@ -75,11 +74,15 @@ async def _flush_periodically(app: web.Application):
 
 
 async def _counting(app: web.Application):
-    task = asyncio.ensure_future(_flush_periodically(app))
+    counter = app.get(COUNTER)
+    if counter is None:
+        yield
+        return
+    task = asyncio.ensure_future(_flush_periodically(counter))
     yield
     task.cancel()
     await task
-    await asyncio.to_thread(app[COUNTER].flush)
+    await asyncio.to_thread(counter.flush)
 
 
 def setup(app: web.Application) -> None:
