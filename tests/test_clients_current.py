@@ -112,10 +112,15 @@ NOTES = {"test": [{"text": "yo", "label": 1}],
          "train": [{"text": "hello", "label": 1}, {"text": "bye", "label": 0}]}
 
 
+@pytest.fixture(params=["pinned", "current"])
+def client_python(request) -> tuple[str, str]:
+    """(which, interpreter); resolved before the served depot is built, so a skip is cheap."""
+    return request.param, _interpreter(request.param)
+
+
 @pytest.mark.parametrize("mode", ["online", "offline"])
-@pytest.mark.parametrize("which", ["pinned", "current"])
-def test_client_flows(served, models, which, mode, tmp_path, guard_log):
-    python = _interpreter(which)
+def test_client_flows(client_python, served, models, mode, tmp_path, guard_log):
+    which, python = client_python
     depot = served["depot"]
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), TRANSFORMERS_VERBOSITY="error",
                HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_UPDATE_CHECK="1",
