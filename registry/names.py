@@ -142,3 +142,42 @@ def _link_view(hub: Path, repo_type: str, former_id: str, repo_id: str) -> None:
     os.symlink(target, tmp)  # relative: the home can move
     os.replace(tmp, link)
 
+
+
+# -- across the air gap (registry/bundle.py) -----------------------------------------------------
+
+
+def bundle_names(repo: Repo) -> list[dict]:
+    """A repo's former names as a bundle manifest carries them."""
+    return [{"name": n.name, "source": n.source}
+            for n in sorted(repo.former_names, key=lambda n: n.name)]
+
+
+def valid_bundle_names(value) -> bool:
+    if not isinstance(value, list):
+        return False
+    for item in value:
+        if not (isinstance(item, dict) and set(item) == {"name", "source"}
+                and item["source"] in NAME_SOURCES and isinstance(item["name"], str)):
+            return False
+        try:
+            validate_repo_id(item["name"])
+        except InvalidInput:
+            return False
+    return True
+
+
+def apply_bundle_names(depot, repos: list[dict]) -> list[dict]:
+    """Record the former names a bundle's repos carry; returns those newly added. A name that is
+    a repo of its own here, or another repo's name, keeps its meaning on this side."""
+    added = []
+    for repo in repos:
+        for item in repo.get("former_names") or []:
+            try:
+                result = add_repo_name(depot, repo["type"], repo["name"], item["name"],
+                                       item["source"])
+            except (Conflict, NotFound):
+                continue
+            if result["created"]:
+                added.append({"type": repo["type"], "repo": repo["name"], "name": item["name"]})
+    return added

@@ -377,3 +377,44 @@ def test_the_download_counter_batches_and_keeps_counts_on_a_failed_write(depot, 
         depot.db.session = real_session
     assert counter.flush() == 1
     assert depot.list_repos()[0]["served_downloads"] == 4
+
+
+def test_former_names_cross_the_air_gap_in_bundles(cli, depot, clf, tmp_path, models):
+    from registry.config import Settings
+    from registry.depot import Depot
+    from registry.importer import import_dir
+
+    depot.add_repo_name("model", "org/clf", "clf-legacy")
+    depot.add_repo_name("model", "org/clf", "taken")
+    bundle = tmp_path / "out.mdb"
+    r = cli("bundle", "create", str(bundle), "org/clf")
+    assert r.exit_code == 0, r.output
+    inside_home = tmp_path / "inside"
+    # on the inside, "taken" is a repo of its own: the bundle's name for org/clf leaves it be
+    import_dir(Depot(Settings.from_env(home=inside_home)), models.get("classifier2"), "taken")
+    r = cli("--home", inside_home, "bundle", "import", str(bundle))
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "former name clf-legacy -> org/clf"
+    assert json.loads(cli("--home", inside_home, "names", "list", "--json").output) == [
+        {"name": "clf-legacy", "type": "model", "repo": "org/clf", "source": "manual"}]
+    assert os.readlink(inside_home / "hub" / "models--clf-legacy") == "models--org--clf"
+    # importing again adds nothing
+    r = cli("--home", inside_home, "bundle", "import", str(bundle), "--json")
+    assert json.loads(r.output)["former_names"] == []
+
+
+def test_a_bundle_with_malformed_former_names_is_refused(cli, depot, clf, tmp_path):
+    from registry.bundle import open_bundle, validate_manifest
+    from registry.errors import InvalidInput
+
+    bundle = tmp_path / "out.mdb"
+    assert cli("bundle", "create", str(bundle), "org/clf").exit_code == 0
+    reader, manifest, _files = open_bundle([bundle])
+    reader.source.close()
+    validate_manifest(manifest, "out.mdb")  # as made: valid
+    for bad in ([{"name": "bad--id", "source": "manual"}], [{"name": "x", "source": "guess"}],
+                "clf-legacy", [{"name": "x"}]):
+        manifest["repos"][0]["former_names"] = bad
+        with pytest.raises(InvalidInput) as info:
+            validate_manifest(manifest, "out.mdb")
+        assert "org/clf: former_names must be a list of {name, source}" in str(info.value)
