@@ -63,6 +63,7 @@ def test_names_cli_adds_lists_refuses_and_removes(cli, depot, clf, notes, models
         {"name": "notes-old", "type": "dataset", "repo": "org/notes", "source": "manual"},
         {"name": "clf-legacy", "type": "model", "repo": "org/clf", "source": "manual"},
     ]
+    assert "\n  former names: clf-legacy\n" in cli("show", "org/clf").output
     r = cli("names", "list", "org/clf")
     assert r.output == ("NAME        REPO     SOURCE\n"
                         "----------  -------  ------\n"

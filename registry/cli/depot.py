@@ -113,6 +113,11 @@ def show_cmd(app, spec, repo_type, as_json):
             click.echo(f"  {label}: {repo[key]}")
     if rev["meta"].get("parameter_count"):
         click.echo(f"  parameters: {rev['meta']['parameter_count']:,}")
+    from ..names import list_repo_names
+
+    former = [n["name"] for n in list_repo_names(app.depot, repo_type, s.name)]
+    if former:
+        click.echo(f"  former names: {', '.join(former)}")
     click.echo(f"  disk use: {human_size(info['disk_use'])}")
     click.echo("\nrevisions:")
     click.echo(table(
