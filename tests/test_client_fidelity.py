@@ -8,15 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import update
 
 from serverutil import AppServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _app_server(depot):
