@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from . import __version__, jsonsafe
+from . import __version__, jsonsafe, names
 from .depot import Depot, FileRecord
 from .units import iso_z
 from .errors import Conflict, DepotError, IntegrityError, InvalidInput
@@ -192,7 +192,8 @@ def select_revisions(
         repos: dict[int, dict] = {}
         for r in revs:
             repos.setdefault(r.repo_id, {"type": r.repo.type, "name": r.repo.name,
-                                         "fields": _repo_fields(r.repo)})
+                                         "fields": _repo_fields(r.repo),
+                                         "former_names": names.bundle_names(r.repo)})
         return list(repos.values()), [revision_entry(r.repo, r) for r in revs]
 
 
@@ -764,6 +765,8 @@ def validate_manifest(m: Any, label: str) -> None:
         for key in DATETIME_FIELDS:
             if fields.get(key) is not None:
                 _check(_parse_time(fields[key]) is not None, label, f"{repo['name']}: {key} is not a time")
+        _check(names.valid_bundle_names(repo.get("former_names", [])), label,
+               f"{repo['name']}: former_names must be a list of {{name, source}}")
         repos.add((repo["type"], repo["name"]))
     seen = set()
     for rev in m["revisions"]:
@@ -1062,6 +1065,7 @@ def import_bundle(
             result = _import(depot, reader, manifest, label, on_start, lease, move_refs)
     finally:
         reader.source.close()
+    result["former_names"] = names.apply_bundle_names(depot, manifest["repos"])
     result["files"] = [str(p) for p in files]
     return result
 

@@ -62,6 +62,12 @@ class Settings:
         return self.home / "hub"
 
     @property
+    def datasets_cache(self) -> Path:
+        """Datasets prepared the way ``datasets`` caches them (what HF_DATASETS_CACHE should
+        point at for ``load_dataset("org/name")`` offline; registry/datasets_cache.py)."""
+        return self.home / "datasets"
+
+    @property
     def blobs_dir(self) -> Path:
         return self.home / "blobs" / "sha256"
 

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from . import cacheview, names
 from .config import Settings
 from .db import Database
 from .faults import failpoint
@@ -200,7 +201,10 @@ class Depot:
 
         failpoint("publish:start")
         with self.writing() as lease, self.store.repo_lock(repo_type, name):
+            with self.db.session() as s:
+                names.refuse_former_name(s, repo_type, name)
             if self._already_published(repo_type, name, commit, refs):
+                cacheview.write_short_refs(self, repo_type, name)
                 return PublishResult(repo=name, repo_type=repo_type, commit=commit, created=False,
                                      refs=[r for r, _ in refs], size=size, file_count=len(files))
             # The snapshot and its blobs are unreferenced until the commit below: hold them.
@@ -236,6 +240,7 @@ class Depot:
                     failpoint("publish:before-commit")
             for ref, _kind in refs:
                 self.store.write_ref(repo_type, name, ref, commit)
+            cacheview.write_short_refs(self, repo_type, name)
         return PublishResult(
             repo=name,
             repo_type=repo_type,
@@ -472,6 +477,7 @@ class Depot:
                     "revisions": stats.get(r.id, (0, 0))[0],
                     "size": stats.get(r.id, (0, 0))[1] or 0,
                     "downloads": r.downloads,
+                    "served_downloads": r.served_downloads or 0,
                     "updated_at": iso_z(r.updated_at),
                     "gated": r.gated,
                     "private": bool(r.private),
@@ -582,6 +588,11 @@ class Depot:
             self.store.remove_ref(repo_type, name, alias)
         return {"repo": name, "alias": alias, "commit": commit}
 
+    def add_repo_name(self, repo_type: str, repo_id: str, former_id: str,
+                      source: str = "manual") -> dict:
+        """Let ``former_id`` (a legacy or pre-rename id) reach ``repo_id``: see registry/names.py."""
+        return names.add_repo_name(self, repo_type, repo_id, former_id, source)
+
     # -- removal -----------------------------------------------------------------------------
 
     def rm(self, repo_type: str, name: str, rev: str | None = None, dry_run: bool = False) -> dict:
@@ -653,6 +664,7 @@ class Depot:
                 self.store.remove_repo_view(repo_type, name)
             else:
                 self.store.prune_view_blobs(repo_type, name, keep_etags)
+                cacheview.write_short_refs(self, repo_type, name)
             for sha in freed - claims.blobs:  # a live writer is about to reference those
                 self.store.remove_blob(sha)
         return plan
@@ -670,6 +682,7 @@ class Depot:
                     }
                     for r in s.scalars(select(Repo).options(selectinload(Repo.revisions)))
                 }
+                name_links = names.view_names(s)
                 stale_rows = list(s.scalars(select(Blob.sha256).where(Blob.sha256.notin_(referenced)))) \
                     if referenced else list(s.scalars(select(Blob.sha256)))
             # What live writers hold but have not published yet is not garbage (registry/lease.py).
@@ -683,6 +696,8 @@ class Depot:
                 for d in self.store.hub.iterdir():
                     if d.name.startswith(".") or d.name in claims.repos:
                         continue
+                    if d.is_symlink() and name_links.get(d.name) == os.readlink(d):
+                        continue  # a former name's link into its repo's view (registry/names.py)
                     key = known_dirs.get(d.name)
                     if key is None:
                         stray_views.append(d)

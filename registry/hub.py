@@ -41,6 +41,7 @@ from .errors import (
     Unauthorized,
     UpstreamError,
 )
+from .cacheview import is_short_id_of, write_short_refs
 from .importer import is_lfs
 from .models import File
 from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
@@ -401,6 +402,8 @@ class PullResult(PublishResult):
     downloaded_files: int = 0
     reused_files: int = 0
     unverified: list[str] = field(default_factory=list)
+    # the id asked for, when the upstream redirected it to ``repo`` (recorded as its name)
+    former_name: str | None = None
 
 
 class _Progress:
@@ -699,7 +702,8 @@ def _refs_to_record(requested: str | None, commit: str,
             for ref, target in sorted(refs[group].items()):
                 if target == commit:
                     out[ref] = kind
-    if requested is not None and not is_commit(requested) and requested not in out:
+    if (requested is not None and not is_commit(requested) and requested not in out
+            and not is_short_id_of(requested, commit)):  # a short id is not a branch
         out[requested] = "tag" if refs and requested in refs["tags"] else "branch"
     valid = []
     for ref, kind in out.items():
@@ -748,6 +752,9 @@ def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endp
     context = {"endpoint": endpoint, "repo_type": repo_type, "name": name, "revision": revision}
     api = _api(endpoint, token)
     upstream = _repo_info(api, repo_type, name, revision, context)
+    asked_for = name
+    name = _canonical_id(upstream, name)  # an upstream redirect of a renamed / legacy id
+    context["name"] = name
     commit = upstream.sha
     files = _file_list(api, upstream, name, repo_type, commit, context)
     total_listed = len(files)
@@ -837,6 +844,19 @@ def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endp
         event_details={"endpoint": endpoint, "downloaded_bytes": progress_.bytes,
                        "downloaded_files": len(todo)},
     )
+    if not result.created:
+        # The same commit again: the upstream figures (downloads, likes) still move.
+        refresh_upstream_stats(depot, repo_type, name, fields)
+    former_name = None
+    if asked_for != name:
+        try:
+            depot.add_repo_name(repo_type, name, asked_for, source="redirect")
+            former_name = asked_for
+        except Conflict:
+            pass  # ``asked_for`` is a repo of its own here: it keeps its own answers
+    if is_short_id_of(revision, commit):
+        with depot.store.repo_lock(repo_type, name):
+            write_short_refs(depot, repo_type, name, extra=(revision,))
     return PullResult(
         **dataclasses.asdict(result),
         endpoint=endpoint,
@@ -844,7 +864,34 @@ def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endp
         downloaded_files=len(todo),
         reused_files=len(files) - len(todo),
         unverified=unverified,
+        former_name=former_name,
     )
+
+
+def _canonical_id(upstream, asked_for: str) -> str:
+    """The id the upstream answered with: the Hub redirects a renamed repo's old id (and the
+    legacy ids such as ``gpt2``) to the current one, and huggingface_hub follows."""
+    current = getattr(upstream, "id", None)
+    if not isinstance(current, str) or current == asked_for:
+        return asked_for
+    try:
+        return validate_repo_id(current)
+    except InvalidInput:
+        return asked_for
+
+
+def refresh_upstream_stats(depot: Depot, repo_type: str, name: str, fields: dict) -> None:
+    """Record the upstream's current download and like counts for a repo already held."""
+    from sqlalchemy import select
+
+    from .models import Repo
+
+    with depot.db.session(write=True) as s:
+        repo = s.scalar(select(Repo).where(Repo.type == repo_type, Repo.name == name))
+        if repo is not None:
+            for key in ("downloads", "likes"):
+                if fields.get(key) is not None:
+                    setattr(repo, key, fields[key])
 
 
 def _check_extends(depot: Depot, repo_type: str, name: str, commit: str,

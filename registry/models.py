@@ -72,6 +72,9 @@ class Repo(Base):
     # Free-form upstream metadata (config, transformersInfo, architectures, ...).
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     downloads: Mapped[Optional[int]] = mapped_column(BigInteger)
+    # Downloads this depot's own server answered (registry/download_counts.py), apart from the
+    # upstream figure in ``downloads``.
+    served_downloads: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     likes: Mapped[Optional[int]] = mapped_column(Integer)
     upstream_last_modified: Mapped[Optional[datetime]] = mapped_column(DateTime)
     upstream_created_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
@@ -83,6 +86,9 @@ class Repo(Base):
         back_populates="repo", cascade="all, delete-orphan", passive_deletes=True
     )
     refs: Mapped[list["Ref"]] = relationship(
+        back_populates="repo", cascade="all, delete-orphan", passive_deletes=True
+    )
+    former_names: Mapped[list["RepoName"]] = relationship(
         back_populates="repo", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -137,6 +143,27 @@ class Ref(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     repo: Mapped[Repo] = relationship(back_populates="refs")
+
+
+NAME_SOURCES = ("redirect", "manual")
+
+
+class RepoName(Base):
+    """A former or legacy id that still reaches a repo (``gpt2`` -> ``openai-community/gpt2``),
+    answered the way the Hub answers a renamed repo (registry/names.py)."""
+
+    __tablename__ = "repo_names"
+    __table_args__ = (UniqueConstraint("type", "name", name="uq_repo_names_type_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), index=True)
+    # the type is repeated here so that a name is unique per type, as repo ids are
+    type: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))  # "redirect" (seen upstream) or "manual"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    repo: Mapped[Repo] = relationship(back_populates="former_names")
 
 
 class Blob(Base):

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the current Hub clients, for tests/test_clients_current.py
+bash scripts/setup-clients.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -61,6 +61,17 @@ CREATE TABLE refs (
 	CONSTRAINT fk_refs_repo_id_repos FOREIGN KEY(repo_id) REFERENCES repos (id) ON DELETE CASCADE, 
 	CONSTRAINT uq_refs_repo_id_name UNIQUE (repo_id, name)
 );
+CREATE TABLE repo_names (
+	id INTEGER NOT NULL, 
+	repo_id INTEGER NOT NULL, 
+	type VARCHAR(16) NOT NULL, 
+	name VARCHAR(200) NOT NULL, 
+	source VARCHAR(16) NOT NULL, 
+	created_at DATETIME NOT NULL, 
+	CONSTRAINT pk_repo_names PRIMARY KEY (id), 
+	CONSTRAINT fk_repo_names_repo_id_repos FOREIGN KEY(repo_id) REFERENCES repos (id) ON DELETE CASCADE, 
+	CONSTRAINT uq_repo_names_type_name UNIQUE (type, name)
+);
 CREATE TABLE repos (
 	id INTEGER NOT NULL, 
 	type VARCHAR(16) NOT NULL, 
@@ -80,7 +91,7 @@ CREATE TABLE repos (
 	upstream_created_at DATETIME, 
 	source VARCHAR(500), 
 	created_at DATETIME NOT NULL, 
-	updated_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, served_downloads BIGINT DEFAULT '0' NOT NULL, 
 	CONSTRAINT pk_repos PRIMARY KEY (id), 
 	CONSTRAINT uq_repos_type_name UNIQUE (type, name)
 );
@@ -104,6 +115,7 @@ CREATE INDEX ix_events_at ON events (at);
 CREATE INDEX ix_files_revision_id ON files (revision_id);
 CREATE INDEX ix_files_sha256 ON files (sha256);
 CREATE INDEX ix_refs_repo_id ON refs (repo_id);
+CREATE INDEX ix_repo_names_repo_id ON repo_names (repo_id);
 CREATE INDEX ix_repos_author_name ON repos (author, name);
 CREATE INDEX ix_repos_downloads ON repos (downloads);
 CREATE INDEX ix_repos_pipeline_tag_name ON repos (pipeline_tag, name);

@@ -282,7 +282,7 @@ def test_list_filters_sorts_and_json(cli, models, tmp_path):
     assert sizes == sorted(sizes, reverse=True)
     row = json.loads(cli("list", "--json", "--search", "clf").output)[0]
     assert set(row) == {"name", "type", "task", "library", "license", "author", "revisions", "size",
-                        "downloads", "updated_at", "gated", "private"}
+                        "downloads", "served_downloads", "updated_at", "gated", "private"}
     text = cli("list").output.splitlines()
     assert text[0].split() == ["REPO", "TASK", "LIBRARY", "REVS", "SIZE", "UPDATED"]
     assert cli("list", "--search", "nothing-like-this").output == "no repos match\n"

@@ -286,7 +286,7 @@ export_onnx(Depot(Settings.from_env()), "model", "org/clf", quantize="int8", pro
 
 
 def test_killed_export_leaves_nothing_visible_and_rerun_works(cli, depot, models, tmp_path):
-    _import(depot, models, "classifier", "org/clf")
+    commit = _import(depot, models, "classifier", "org/clf")
     before = _state(depot)
     marker = tmp_path / "reached"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(marker)], cwd=ROOT,
@@ -300,7 +300,7 @@ def test_killed_export_leaves_nothing_visible_and_rerun_works(cli, depot, models
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    assert before[2] == ["main"]
+    assert before[2] == sorted(["main", commit[:7]])  # the ref and the short id (cacheview.py)
     assert _state(depot) == before  # no revision, ref or blob is registered...
     assert cli("onnx", "list").output == (
         "no ONNX exports yet; make one with 'modeldepot onnx export REPO'\n")

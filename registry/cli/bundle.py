@@ -147,6 +147,8 @@ def bundle_import(app, files, move_refs, as_json):
         emit_json(result)
         return
     label = _names([Path(p).name for p in result["files"]]) if result["files"] else "stdin"
+    for n in result["former_names"]:
+        click.echo(f"former name {n['name']} -> {n['repo'] if n['type'] == 'model' else 'datasets/' + n['repo']}")
     if not result["changed"]:
         click.echo(f"already present, nothing changed: {result['present']} revision(s) from {label}")
         return

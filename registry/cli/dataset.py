@@ -1,4 +1,4 @@
-"""Dataset commands: ``dataset info`` and ``dataset head``, read offline from the depot."""
+"""Dataset commands: ``dataset info``, ``head`` and ``prepare``, offline from the depot."""
 
 from __future__ import annotations
 
@@ -108,6 +108,29 @@ def _cell(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = text.replace("\n", "\\n").replace("\t", " ")
     return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+
+
+@dataset_group.command("prepare")
+@click.argument("spec", metavar="REPO[@REV]")
+@json_option
+@pass_app
+def dataset_prepare(app, spec, as_json):
+    """Build the datasets cache of a dataset, so load_dataset("org/name") works offline.
+
+    Offline, datasets reads only HF_DATASETS_CACHE; 'modeldepot env' points it at the cache
+    built here (<home>/datasets), from the depot's own files.
+    """
+    from ..datasets_cache import prepare_dataset
+
+    s = parse_spec_arg(spec)
+    result = prepare_dataset(app.depot, s.name, s.revision)
+    if as_json:
+        emit_json(result)
+        return
+    for c in result["configs"]:
+        splits = ", ".join(f"{k} ({v:,} rows)" for k, v in c["splits"].items())
+        click.echo(f"prepared datasets/{result['repo']}@{result['commit'][:12]} config "
+                   f"{c['config']}: {splits}")
 
 
 def register(group: click.Group) -> None:

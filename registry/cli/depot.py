@@ -80,12 +80,17 @@ def list_cmd(app, search, task, author, library, repo_type, sort, limit, as_json
         click.echo("no repos match" if any([search, task, author, library, repo_type])
                    else "the depot is empty; add a model with 'modeldepot import' or 'modeldepot pull'")
         return
-    click.echo(table(
-        [(r["name"] if r["type"] == "model" else f"datasets/{r['name']}", r["task"] or "-",
-          r["library"] or "-", r["revisions"], human_size(r["size"]), (r["updated_at"] or "")[:10])
-         for r in rows],
-        ["REPO", "TASK", "LIBRARY", "REVS", "SIZE", "UPDATED"],
-    ))
+    rows_out = [[r["name"] if r["type"] == "model" else f"datasets/{r['name']}", r["task"] or "-",
+                 r["library"] or "-", r["revisions"], human_size(r["size"]),
+                 (r["updated_at"] or "")[:10]] for r in rows]
+    headers = ["REPO", "TASK", "LIBRARY", "REVS", "SIZE", "UPDATED"]
+    if sort == "downloads":
+        # upstream's count at the last pull, and the downloads this depot's server answered
+        for out, r in zip(rows_out, rows):
+            out[4:4] = ["-" if r["downloads"] is None else f"{r['downloads']:,}",
+                        f"{r['served_downloads']:,}"]
+        headers[4:4] = ["DOWNLOADS", "SERVED"]
+    click.echo(table(rows_out, headers))
 
 
 @click.command("show")
@@ -108,6 +113,11 @@ def show_cmd(app, spec, repo_type, as_json):
             click.echo(f"  {label}: {repo[key]}")
     if rev["meta"].get("parameter_count"):
         click.echo(f"  parameters: {rev['meta']['parameter_count']:,}")
+    from ..names import list_repo_names
+
+    former = [n["name"] for n in list_repo_names(app.depot, repo_type, s.name)]
+    if former:
+        click.echo(f"  former names: {', '.join(former)}")
     click.echo(f"  disk use: {human_size(info['disk_use'])}")
     click.echo("\nrevisions:")
     click.echo(table(
@@ -268,6 +278,8 @@ def env_cmd(app, server, as_json):
             "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_XET": "1",
+            # the hf CLI otherwise asks the package index whether it is up to date
+            "HF_HUB_DISABLE_UPDATE_CHECK": "1",
             "DISABLE_SAFETENSORS_CONVERSION": "1",
             # datasets otherwise reports each load to a hard-coded S3 host
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
@@ -281,7 +293,10 @@ def env_cmd(app, server, as_json):
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
+            # load_dataset("org/name") offline reads only its own cache: 'dataset prepare' fills it
+            "HF_DATASETS_CACHE": str(app.settings.datasets_cache),
             "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_UPDATE_CHECK": "1",
             "DISABLE_SAFETENSORS_CONVERSION": "1",
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }

@@ -181,7 +181,7 @@ def pull_cmd(app, spec, include, exclude, repo_type, endpoint, token, as_json):
     if as_json:
         emit_json(result.to_json())
         return
-    label = s.name if repo_type == "model" else f"datasets/{s.name}"
+    label = result.repo if repo_type == "model" else f"datasets/{result.repo}"
     if result.downloaded_files:
         fetched = (f"downloaded {result.downloaded_files} file(s), "
                    f"{human_size(result.downloaded_bytes)}")
@@ -192,6 +192,9 @@ def pull_cmd(app, spec, include, exclude, repo_type, endpoint, token, as_json):
     refs = f"; refs: {', '.join(result.refs)}" if result.refs else ""
     click.echo(f"pulled {label}@{result.commit[:12]} from {endpoint} ({result.file_count} files, "
                f"{human_size(result.size)}; {fetched}){refs}")
+    if result.former_name:
+        click.echo(f"{endpoint} redirected {result.former_name} to {result.repo}; "
+                   f"{result.former_name} is recorded as a former name of it")
 
 
 def register(group: click.Group) -> None:

@@ -29,6 +29,7 @@ from ..errors import (
 from ..models import File, Ref, Repo, Revision
 from ..naming import COMMIT_RE, REF_RE, validate_repo_id
 from ..store import git_blob_sha1, in_git_dir, lfs_pointer
+from . import client_compat
 from .app import DEPOT, OPTIONS
 
 PAGE_SIZE = 1000
@@ -621,6 +622,11 @@ async def api_handler(request: web.Request) -> web.Response:
         body, more = await asyncio.to_thread(_api_call, request.app[DEPOT], repo_type,
                                              targets, params)
     except DepotError as e:
+        if isinstance(e, RepoNotFound):
+            moved = await client_compat.former_name_redirect(
+                request, repo_type, f"/api/{kind}/", [t.repo for t in targets])
+            if moved is not None:
+                return moved
         return error_response(e)
     return _page_response(request, body, more)
 
@@ -654,7 +660,14 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
         commit, f = await asyncio.to_thread(_find_file, depot, repo_type, targets)
         path = depot.store.blob_path(f.sha256)
     except DepotError as e:
+        if isinstance(e, RepoNotFound):
+            moved = await client_compat.former_name_redirect(
+                request, repo_type, "/datasets/" if repo_type == "dataset" else "/",
+                [t.repo for t in targets])
+            if moved is not None:
+                return moved
         return error_response(e)
+    client_compat.count_download(request, repo_type, f.revision_id, f.path)
     etag = f.sha256 if f.lfs else f.git_sha1
     headers = {
         "X-Repo-Commit": commit,
@@ -672,6 +685,7 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
+    client_compat.setup(app)
     app.router.add_get("/api/{kind:models|datasets}", list_handler)
     app.router.add_route("GET", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
     app.router.add_route("POST", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
