@@ -1,0 +1,315 @@
+"""Access control for the server: one middleware in front of every route family, plus
+``/api/whoami-v2``. The decisions live in ``registry/auth``; this module only reads the request
+(which family, which repo), asks, answers refusals in the Hub's shapes, and feeds the audit.
+
+Refusals are what huggingface_hub turns into its usual exceptions: 401 with ``Invalid credentials
+in Authorization header`` for a bad token, 401 ``RepoNotFound`` for an anonymous caller where a
+token is required, 404 ``RepoNotFound`` for a private repo (the same words as a missing one),
+``GatedRepo`` for a gated repo without an approval, 403 for a scope or repo-pattern refusal, 429
+with ``Retry-After`` for the abuse limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy import select
+
+from ..auth.audit import AuditWriter
+from ..auth.policy import (
+    AccessState,
+    AuthOptions,
+    Principal,
+    check_family,
+    check_repo,
+    invalid_credentials,
+)
+from ..auth.throttle import FailureThrottle, TokenRateLimiter
+from ..auth.visibility import VIEWER
+from ..errors import DepotError, TooManyRequests
+from ..models import Repo
+from ..units import iso_z
+from .app import DEPOT
+
+log = logging.getLogger("modeldepot.auth")
+
+ACCESS = web.AppKey("access", object)
+PRINCIPAL = "modeldepot.principal"
+WHOAMI = "/api/whoami-v2"
+
+
+@dataclass
+class Route:
+    """What a request is, for access control and the audit."""
+
+    family: str  # open, hub, inference, metrics, docs, whoami, other
+    kind: str  # the audit's word: download, metadata, list, inference, ...
+    repo_type: str | None = None
+    names: list[str] = field(default_factory=list)  # candidate repo ids, in the handler's order
+    path: str | None = None
+
+
+def _inference_name(spec: str) -> str:
+    return spec.partition("@")[0]
+
+
+async def classify(request: web.Request) -> Route:
+    from .hub_api import parse_api, parse_resolve
+
+    path, method = request.path, request.method
+    if path == "/health":
+        return Route("open", "health")
+    if path == "/metrics":
+        return Route("metrics", "metrics")
+    if path in ("/docs", "/openapi.json"):
+        return Route("docs", "docs")
+    if path == WHOAMI:
+        return Route("whoami", "whoami")
+    if path in ("/api/models", "/api/datasets"):
+        return Route("hub", "list")
+    raw = request.raw_path.split("?", 1)[0]
+    for kind, repo_type in (("models", "model"), ("datasets", "dataset")):
+        prefix = f"/api/{kind}/"
+        if raw.startswith(prefix):
+            targets = parse_api(raw[len(prefix):])
+            # the same readings hub_api.api_handler keeps
+            targets = [t for t in targets if (t.action == "paths-info") == (method == "POST")]
+            return Route("hub", "metadata", repo_type, [t.repo for t in targets])
+    if method == "POST":
+        if path.startswith("/models/") and len(path) > len("/models/"):
+            return Route("inference", "inference", "model", [_inference_name(path[8:])])
+        if path.startswith("/pipeline/") and path.count("/") >= 3:
+            return Route("inference", "inference", "model",
+                         [_inference_name(path.split("/", 3)[3])])
+        if path == "/v1/embeddings":
+            names: list[str] = []
+            try:
+                body = json.loads(await request.text())
+                if isinstance(body, dict) and isinstance(body.get("model"), str):
+                    names = [_inference_name(body["model"])]
+            except (ValueError, UnicodeDecodeError, web.HTTPException):
+                pass  # the handler refuses the body; nothing is loaded
+            return Route("inference", "inference", "model", names)
+    if method in ("GET", "HEAD"):
+        repo_type, targets = parse_resolve(raw.lstrip("/"))
+        if targets:
+            return Route("hub", "download" if method == "GET" else "metadata", repo_type,
+                         [t.repo for t in targets], targets[0].path)
+    return Route("other", "other")
+
+
+class AccessControl:
+    """Per app: the in-memory view of the registry, the abuse limits and the audit writer."""
+
+    def __init__(self, depot, options: AuthOptions):
+        self.depot = depot
+        self.options = options
+        self.state = AccessState()
+        self.audit = AuditWriter(depot, options.audit_flush_s) if options.audit else None
+        self.failures = FailureThrottle(options.max_failures, options.failure_window_s,
+                                        options.lockout_s)
+        self.rate = TokenRateLimiter(options.token_rate) if options.token_rate else None
+        self._refresher: asyncio.Task | None = None
+
+    async def reload(self) -> None:
+        self.state = await asyncio.to_thread(AccessState.load, self.depot)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.refresh_s)
+            try:
+                await self.reload()
+            except Exception:  # a busy or unreachable database: keep deciding on the last view
+                log.exception("reloading tokens and approvals failed; keeping the previous view")
+
+    async def start(self, _app) -> None:
+        await self.reload()
+        if self.state.tokens and self.state.key is None:
+            log.warning("the auth key file is missing: no token will be accepted")
+        self._refresher = asyncio.create_task(self._refresh_loop())
+        if self.audit is not None:
+            await self.audit.start()
+
+    async def stop(self, _app) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.audit is not None:
+            await self.audit.stop()
+
+    def record(self, entry: dict) -> None:
+        if self.audit is not None:
+            self.audit.add(entry)
+
+    async def pick(self, route: Route) -> str:
+        """The repo the handler will read: the first candidate that exists."""
+        if len(route.names) == 1:
+            return route.names[0]
+
+        def existing() -> set[str]:
+            with self.depot.db.session() as s:
+                return set(s.scalars(select(Repo.name).where(
+                    Repo.type == route.repo_type, Repo.name.in_(route.names))))
+
+        found = await asyncio.to_thread(existing)
+        return next((n for n in route.names if n in found), route.names[0])
+
+    def authenticate(self, request: web.Request, client: str) -> Principal | None:
+        header = request.headers.get("Authorization")
+        try:
+            return self.state.authenticate(header)
+        except DepotError:
+            if self.options.mode == "none":
+                # no access control: a stray token (say, one for huggingface.co) is ignored
+                return None
+            self.failures.failed(client)
+            raise
+
+
+def refusal(e: DepotError) -> web.Response:
+    from .hub_api import error_response
+
+    response = error_response(e)
+    if e.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="modeldepot"'
+    if isinstance(e, TooManyRequests):
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
+
+
+def _measure(response: web.StreamResponse, entry: dict, ac: AccessControl) -> None:
+    """Record the download when its bytes have gone out, or as aborted with what had gone out.
+
+    aiohttp sends a FileResponse with sendfile inside ``prepare``; asyncio leaves the file
+    position just past the last byte the kernel took, also when the client went away mid-way.
+    """
+    sent: list[int] = []
+    orig_sendfile = getattr(response, "_sendfile", None)
+    if orig_sendfile is not None:
+        async def sendfile(request, fobj, offset, count):
+            try:
+                return await orig_sendfile(request, fobj, offset, count)
+            finally:
+                try:
+                    sent.append(os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - offset)
+                except (OSError, ValueError):
+                    pass
+
+        response._sendfile = sendfile
+    orig_prepare = response.prepare
+
+    async def prepare(request):
+        try:
+            writer = await orig_prepare(request)
+        except BaseException:
+            ac.record({**entry, "status": response.status, "bytes_sent": max(sum(sent), 0),
+                       "outcome": "aborted"})
+            raise
+        ac.record({**entry, "status": response.status, "bytes_sent": max(sum(sent), 0),
+                   "outcome": "ok"})
+        return writer
+
+    response.prepare = prepare
+
+
+@web.middleware
+async def access_control(request: web.Request, handler):
+    ac: AccessControl = request.app[ACCESS]
+    route = await classify(request)
+    if route.family == "open":
+        return await handler(request)
+    options = ac.options
+    client = request.remote or ""
+    entry = {"client": client, "method": request.method, "kind": route.kind,
+             "repo_type": route.repo_type, "repo": route.names[0] if route.names else None,
+             "path": route.path}
+    restricted = False
+    try:
+        wait = ac.failures.retry_after(client)
+        if wait is not None:
+            raise TooManyRequests(f"too many failed authentications from {client}: try again in "
+                                  f"{wait} s", retry_after=wait, reason="failed-auth lockout")
+        try:
+            principal = ac.authenticate(request, client)
+        except DepotError as e:
+            entry["token"] = e.details.get("token")
+            raise
+        entry["token"] = principal.name if principal else None
+        if route.family == "whoami":
+            if principal is None:
+                raise invalid_credentials("no token")
+        elif options.mode != "none":
+            if ac.rate is not None and principal is not None:
+                wait = ac.rate.retry_after(principal.name)
+                if wait is not None:
+                    raise TooManyRequests(f"token {principal.name!r} is over its rate limit of "
+                                          f"{options.token_rate:g} requests/s: retry in {wait} s",
+                                          retry_after=wait, reason="token rate limit")
+            check_family(principal, route.family, options, names_repo=bool(route.names))
+        if route.names:
+            name = await ac.pick(route)
+            entry["repo"] = name
+            flags = ac.state.flags(route.repo_type, name)
+            restricted = flags is not None
+            check_repo(principal, route.repo_type, name, flags, options)
+    except DepotError as e:
+        ac.record({**entry, "status": e.http_status, "bytes_sent": 0, "outcome": "refused",
+                   "reason": e.details.get("reason")})
+        return refusal(e)
+    request[PRINCIPAL] = principal
+    if options.mode != "none":
+        request[VIEWER] = principal or Principal()
+    audited = route.kind in ("download", "inference") or (route.kind == "metadata" and restricted)
+    if not audited:
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        ac.record({**entry, "status": e.status, "bytes_sent": 0, "outcome": "ok"})
+        raise
+    entry["commit"] = response.headers.get("X-Repo-Commit")
+    if route.kind == "download" and isinstance(response, web.FileResponse):
+        _measure(response, entry, ac)
+    else:
+        ac.record({**entry, "status": response.status, "bytes_sent": 0, "outcome": "ok"})
+    return response
+
+
+def _role(scopes: frozenset) -> str:
+    return "write" if scopes & {"write", "admin"} else "read"
+
+
+async def whoami_handler(request: web.Request) -> web.Response:
+    """The shape ``huggingface_hub.whoami()``, ``hf auth whoami`` and ``login`` read."""
+    principal: Principal = request[PRINCIPAL]
+    token = principal.token
+    return web.json_response({
+        "type": "user",
+        "id": f"{token.id:024x}",
+        "name": token.name,
+        "fullname": token.name,
+        "isPro": False,
+        "orgs": [],
+        "auth": {"type": "access_token", "accessToken": {
+            "displayName": token.name,
+            "role": _role(token.scopes),
+            "createdAt": iso_z(token.created_at),
+            "expiresAt": iso_z(token.expires_at),
+            "scopes": sorted(token.scopes),
+            "repos": list(token.repos) or ["*"],
+        }},
+    })
+
+
+def setup(app: web.Application, options: AuthOptions) -> None:
+    """Install before the Hub API (its catch-all route would shadow whoami-v2)."""
+    ac = AccessControl(app[DEPOT], options)
+    app[ACCESS] = ac
+    app.on_startup.append(ac.start)
+    app.on_cleanup.append(ac.stop)
+    app.middlewares.append(access_control)
+    app.router.add_get(WHOAMI, whoami_handler)
