@@ -190,8 +190,17 @@ def check_family(principal: Principal | None, family: str, options: AuthOptions,
             reason="scope")
 
 
+def not_found(family: str, repo_type: str, name: str) -> RepoNotFound:
+    """Word for word what the handlers of ``family`` say about a repo that does not exist."""
+    if family == "inference":
+        return RepoNotFound(f"model {name!r} is not in the depot; import or pull it first (see "
+                            "'modeldepot list')", reason="private")
+    return RepoNotFound(f"{repo_type} repo {name!r} is not in the depot; see 'modeldepot list'",
+                        reason="private")
+
+
 def check_repo(principal: Principal | None, repo_type: str, name: str, flags: RepoFlags | None,
-               options: AuthOptions) -> None:
+               options: AuthOptions, family: str = "hub") -> None:
     """Refuse access to one repo (after check_family passed)."""
     if options.mode == "none":
         return
@@ -203,8 +212,7 @@ def check_repo(principal: Principal | None, repo_type: str, name: str, flags: Re
     if flags is None or principal.approved(repo_type, name):
         return
     if flags.private:
-        raise RepoNotFound(f"{repo_type} repo {name!r} is not in the depot; see 'modeldepot list'",
-                           reason="private")
+        raise not_found(family, repo_type, name)
     if flags.gated:
         who = principal.name
         if who is None:

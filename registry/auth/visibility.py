@@ -10,15 +10,6 @@ from ..models import AccessGrant, Repo, utcnow
 from ..units import iso_z
 from .tokens import get_token_row
 
-# where the access middleware leaves the caller on the request, for the listing code
-VIEWER = "modeldepot.viewer"
-
-
-def viewer_of(request):
-    """The Principal a listing must be filtered for; None when access control is off."""
-    return request.get(VIEWER)
-
-
 def _like(glob: str) -> str:
     escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")

@@ -30,7 +30,6 @@ from ..auth.policy import (
     invalid_credentials,
 )
 from ..auth.throttle import FailureThrottle, TokenRateLimiter
-from ..auth.visibility import VIEWER
 from ..errors import DepotError, TooManyRequests
 from ..models import Repo
 from ..units import iso_z
@@ -39,7 +38,9 @@ from .app import DEPOT
 log = logging.getLogger("modeldepot.auth")
 
 ACCESS = web.AppKey("access", object)
-PRINCIPAL = "modeldepot.principal"
+PRINCIPAL = web.RequestKey("principal", object)
+# the caller a listing must be filtered for (registry.auth.visibility.listing_filter)
+VIEWER = web.RequestKey("viewer", object)
 WHOAMI = "/api/whoami-v2"
 
 
@@ -170,10 +171,18 @@ class AccessControl:
             raise
 
 
-def refusal(e: DepotError) -> web.Response:
+def viewer_of(request: web.Request):
+    """The Principal a listing must be filtered for; None when access control is off."""
+    return request.get(VIEWER)
+
+
+def refusal(e: DepotError, route: Route) -> web.Response:
     from .hub_api import error_response
 
-    response = error_response(e)
+    if route.family == "inference":  # the inference API's own error shape (no X-Error-*)
+        response = web.json_response(e.to_json(), status=e.http_status)
+    else:
+        response = error_response(e)
     if e.http_status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="modeldepot"'
     if isinstance(e, TooManyRequests):
@@ -255,11 +264,11 @@ async def access_control(request: web.Request, handler):
             entry["repo"] = name
             flags = ac.state.flags(route.repo_type, name)
             restricted = flags is not None
-            check_repo(principal, route.repo_type, name, flags, options)
+            check_repo(principal, route.repo_type, name, flags, options, route.family)
     except DepotError as e:
         ac.record({**entry, "status": e.http_status, "bytes_sent": 0, "outcome": "refused",
                    "reason": e.details.get("reason")})
-        return refusal(e)
+        return refusal(e, route)
     request[PRINCIPAL] = principal
     if options.mode != "none":
         request[VIEWER] = principal or Principal()

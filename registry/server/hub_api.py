@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlencode
 from aiohttp import web
 from sqlalchemy import String, cast, func, or_, select
 
-from ..auth.visibility import listing_filter, viewer_of
+from ..auth.visibility import listing_filter
 from ..depot import Depot
 from ..units import iso_z
 from ..errors import (
@@ -31,6 +31,7 @@ from ..models import File, Ref, Repo, Revision
 from ..naming import COMMIT_RE, REF_RE, validate_repo_id
 from ..store import git_blob_sha1, lfs_pointer
 from .app import DEPOT, OPTIONS
+from .auth_mw import viewer_of
 
 PAGE_SIZE = 1000
 TREE_PAGE_SIZE = 1000
