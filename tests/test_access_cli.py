@@ -158,3 +158,13 @@ def test_serve_tls_options_are_checked_before_serving(cli, tmp_path):
     assert r.exit_code == 1 and r.output.startswith(
         f"Error: --tls-cert {tmp_path / 'c.pem'} and --tls-key {tmp_path / 'k.pem'} do not make "
         "a certificate chain (")
+
+
+def test_env_server_lets_clients_send_a_depot_token(cli, monkeypatch):
+    plain = json.loads(cli("env", "--server", "http://depot:8080", "--json").output)
+    assert plain["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"  # a huggingface.co token stays home
+    secret = cli("token", "create", "me").stdout.strip()
+    monkeypatch.setenv("HF_TOKEN", secret)
+    with_token = json.loads(cli("env", "--server", "http://depot:8080", "--json").output)
+    assert "HF_HUB_DISABLE_IMPLICIT_TOKEN" not in with_token
+    assert secret not in json.dumps(with_token)

@@ -268,6 +268,8 @@ def auth_options(host: str, auth_mode, admin_contact, token_rate_limit, max_auth
     if mode == "none" and not _loopback(host):
         click.echo(f"warning: --auth none on {host}: anyone who reaches the port reads every "
                    "repo, private and gated ones included", err=True)
+    if mode == "none" and no_audit:
+        return None, context  # nothing to do per request: no middleware at all
     options = AuthOptions(mode=mode, audit=not no_audit, admin_contact=admin_contact,
                           token_rate=token_rate_limit, max_failures=max_auth_failures)
     return options, context

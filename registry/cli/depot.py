@@ -278,6 +278,11 @@ def env_cmd(app, server, as_json):
             # datasets otherwise reports each load to a hard-coded S3 host
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }
+        from ..auth.tokens import well_formed
+
+        if app.settings.token and well_formed(app.settings.token):
+            # HF_TOKEN is a depot token (docs/sharing.md): clients must send it
+            del values["HF_HUB_DISABLE_IMPLICIT_TOKEN"]
     else:
         cache = str(app.settings.hub_cache)
         values = {
