@@ -482,3 +482,31 @@ def test_metadata_reads_of_private_and_gated_repos_and_inference_are_audited(wor
     assert [(r["kind"], r["repo"], r["status"]) for r in records(depot)] == [
         ("metadata", "org/secret", 200), ("metadata", "org/gated", 200),
         ("inference", "org/pub", 200)]
+
+
+def test_a_handler_that_learns_upstream_flags_refuses_like_the_middleware(world):
+    """The pull-through proxy knows a repo is gated only once upstream says so."""
+    from aiohttp import web
+    from registry.auth import AuthOptions
+    from registry.errors import DepotError
+    from registry.server.app import ServeOptions, create_app
+    from registry.server.auth_mw import enforce_upstream
+    from registry.server.hub_api import error_response
+
+    async def upstream_only(request):
+        try:
+            enforce_upstream(request, "model", "org/upstream-gated", gated="auto")
+        except DepotError as e:
+            return error_response(e)
+        return web.json_response({"served": True})
+
+    app = create_app(world["depot"].settings, ServeOptions(auth=AuthOptions(audit=False)))
+    app.router.add_post("/proxy-test", upstream_only)  # a route of its own, as the proxy's
+    with AppServer(app) as server:
+        r = requests.post(server.url + "/proxy-test",
+                          headers={"Authorization": f"Bearer {world['tokens']['reader']}"})
+        assert (r.status_code, r.headers["X-Error-Code"]) == (403, "GatedRepo")
+        assert "'reader' is not approved for it" in r.json()["error"]
+        r = requests.post(server.url + "/proxy-test",
+                          headers={"Authorization": f"Bearer {world['tokens']['admin']}"})
+        assert r.json() == {"served": True}

@@ -288,6 +288,28 @@ async def access_control(request: web.Request, handler):
     return response
 
 
+def enforce_upstream(request: web.Request, repo_type: str, name: str, *, private: bool = False,
+                     gated: str | None = None) -> None:
+    """For a handler that learns a repo's flags only from an upstream (the pull-through proxy,
+    before the repo is in the registry): raise the same refusal the middleware would, recorded
+    in the audit. Call it before sending anything; a no-op when access control is off."""
+    from ..auth.policy import RepoFlags
+
+    ac = request.app.get(ACCESS)
+    if ac is None or ac.options.mode == "none":
+        return
+    flags = RepoFlags(private, gated) if private or gated else None
+    try:
+        check_repo(request.get(PRINCIPAL), repo_type, name, flags, ac.options)
+    except DepotError as e:
+        principal = request.get(PRINCIPAL)
+        ac.record({"client": request.remote, "method": request.method, "kind": "upstream",
+                   "repo_type": repo_type, "repo": name, "status": e.http_status,
+                   "token": principal.name if principal else None, "bytes_sent": 0,
+                   "outcome": "refused", "reason": e.details.get("reason")})
+        raise
+
+
 def _role(scopes: frozenset) -> str:
     return "write" if scopes & {"write", "admin"} else "read"
 
