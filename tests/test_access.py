@@ -510,3 +510,27 @@ def test_a_handler_that_learns_upstream_flags_refuses_like_the_middleware(world)
         r = requests.post(server.url + "/proxy-test",
                           headers={"Authorization": f"Bearer {world['tokens']['admin']}"})
         assert r.json() == {"served": True}
+
+
+def test_a_missing_repo_does_not_hint_at_a_private_one_of_the_other_type(world, required):
+    """Without access control the server helpfully says 'it is a dataset repo'; a caller who
+    may not see that private dataset must get the plain answer."""
+    from registry.auth.visibility import set_visibility
+    from registry.importer import import_dir
+
+    depot = world["depot"]
+    import_dir(depot, world["root"] / "data", "org/only-data", repo_type="dataset")
+    set_visibility(depot, "dataset", "org/only-data", "private")
+    try:
+        time.sleep(0.5)  # the server's view refreshes every 0.2 s here
+        auth = {"Authorization": f"Bearer {world['tokens']['reader']}"}
+        for path in ("/api/models/org/only-data", "/org/only-data/resolve/main/train.csv"):
+            r = requests.get(required.url + path, headers=auth)
+            assert (r.status_code, r.json()) == (404, {
+                "error": "model repo 'org/only-data' is not in the depot; see 'modeldepot list'",
+                "error_type": "RepoNotFound"})
+        admin = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+        r = requests.get(required.url + "/api/models/org/only-data", headers=admin)
+        assert "it is a dataset repo (use --type dataset)" in r.json()["error"]
+    finally:
+        depot.rm("dataset", "org/only-data")  # the module's other tests list the datasets

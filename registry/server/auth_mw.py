@@ -28,6 +28,7 @@ from ..auth.policy import (
     check_family,
     check_repo,
     invalid_credentials,
+    not_found,
 )
 from ..auth.throttle import FailureThrottle, TokenRateLimiter
 from ..errors import DepotError, TooManyRequests
@@ -273,19 +274,34 @@ async def access_control(request: web.Request, handler):
     if options.mode != "none":
         request[VIEWER] = principal or Principal()
     audited = route.kind in ("download", "inference") or (route.kind == "metadata" and restricted)
-    if not audited:
+    if not audited and not route.names:
         return await handler(request)
     try:
         response = await handler(request)
     except web.HTTPException as e:
-        ac.record({**entry, "status": e.status, "bytes_sent": 0, "outcome": "ok"})
+        if audited:
+            ac.record({**entry, "status": e.status, "bytes_sent": 0, "outcome": "ok"})
         raise
+    if response.status == 404 and route.names and _hidden_twin(ac, principal, route, entry["repo"]):
+        # the handler's "it is a dataset repo" hint would reveal a private repo of the other type
+        response = refusal(not_found(route.family, route.repo_type, entry["repo"]), route)
+    if not audited:
+        return response
     entry["commit"] = response.headers.get("X-Repo-Commit")
     if route.kind == "download" and isinstance(response, web.FileResponse):
         _measure(response, entry, ac)
     else:
         ac.record({**entry, "status": response.status, "bytes_sent": 0, "outcome": "ok"})
     return response
+
+
+def _hidden_twin(ac: AccessControl, principal, route: Route, name: str) -> bool:
+    """Is there a repo of the same name and the other type that this caller may not see?"""
+    other = "dataset" if route.repo_type == "model" else "model"
+    flags = ac.state.flags(other, name)
+    if flags is None or not flags.private or ac.options.mode == "none":
+        return False
+    return not (principal or Principal()).approved(other, name)
 
 
 def enforce_upstream(request: web.Request, repo_type: str, name: str, *, private: bool = False,
