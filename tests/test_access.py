@@ -401,20 +401,22 @@ def test_revoking_a_token_reaches_a_running_server(world):
 
 
 def _cut_off_download(port: int, token: str, path: str, read: int) -> int:
-    """GET ``path``, read about ``read`` bytes, then reset the connection; bytes received."""
+    """GET ``path``, read about ``read`` bytes, then reset the connection; body bytes received."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     s.connect(("127.0.0.1", port))
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
               .encode())
-    got = 0
-    while got < read:
+    received = b""
+    while len(received) < read:
         chunk = s.recv(65536)
         assert chunk
-        got += len(chunk)
+        received += chunk
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
     s.close()
-    return got
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    return len(body)
 
 
 def test_the_audit_records_exactly_the_downloads_made(world):

@@ -108,6 +108,9 @@ class AccessState:
     approvals: dict[int, frozenset] = field(default_factory=dict)
     restricted: dict[tuple[str, str], RepoFlags] = field(default_factory=dict)
     key: bytes | None = None
+    # tokens this snapshot has already verified (the hash is the costly part of a request);
+    # only good ones, so garbage from a guesser cannot grow it. Gone with the snapshot.
+    verified: dict[str, tk.TokenRecord] = field(default_factory=dict)
 
     @classmethod
     def load(cls, depot) -> "AccessState":
@@ -139,6 +142,18 @@ class AccessState:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             raise invalid_credentials("malformed Authorization header")
+        rec = self.verified.get(value)
+        if rec is None:
+            rec = self._verify(value)
+            if len(self.verified) < 10_000:
+                self.verified[value] = rec
+        status = rec.status()
+        if status != "active":
+            raise invalid_credentials(f"{status} token", token=rec.name)
+        return Principal(rec, self.approvals.get(rec.id, frozenset()))
+
+
+    def _verify(self, value: str) -> tk.TokenRecord:
         if not tk.well_formed(value):
             raise invalid_credentials("not a depot token")
         rec = self.tokens.get(tk.lookup_of(value))
@@ -146,10 +161,7 @@ class AccessState:
             raise invalid_credentials("unknown token")
         if not hmac.compare_digest(tk.digest(self.key, rec.salt, value), rec.digest):
             raise invalid_credentials("unknown token")
-        status = rec.status()
-        if status != "active":
-            raise invalid_credentials(f"{status} token", token=rec.name)
-        return Principal(rec, self.approvals.get(rec.id, frozenset()))
+        return rec
 
 
 def invalid_credentials(reason: str, token: str | None = None) -> InvalidToken:

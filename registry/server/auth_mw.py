@@ -261,7 +261,7 @@ async def access_control(request: web.Request, handler):
                                           retry_after=wait, reason="token rate limit")
             check_family(principal, route.family, options, names_repo=bool(route.names))
         if route.names:
-            name = await ac.pick(route)
+            name = route.names[0] if len(route.names) == 1 else await ac.pick(route)
             entry["repo"] = name
             flags = ac.state.flags(route.repo_type, name)
             restricted = flags is not None
