@@ -168,3 +168,12 @@ def test_env_server_lets_clients_send_a_depot_token(cli, monkeypatch):
     with_token = json.loads(cli("env", "--server", "http://depot:8080", "--json").output)
     assert "HF_HUB_DISABLE_IMPLICIT_TOKEN" not in with_token
     assert secret not in json.dumps(with_token)
+
+
+def test_redact_hides_depot_tokens_in_text_meant_for_logs():
+    """For anything that logs request data (the HTTP request log): no secret gets through."""
+    from registry.auth.tokens import new_token_string, redact
+
+    secret = new_token_string()
+    line = f'GET /api/models "Authorization: Bearer {secret}" token={secret}x'
+    assert redact(line) == 'GET /api/models "Authorization: Bearer mdp_[redacted]" token=mdp_[redacted]x'
