@@ -232,8 +232,9 @@ def test_tls_round_trip_with_a_test_ca_and_plain_http_refused(served, tmp_path):
                     time.sleep(0.2)
             with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust it
                 requests.get(url + "/health", timeout=5)
-            with pytest.raises(requests.exceptions.ConnectionError):
-                requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            plain = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            assert (plain.status_code, plain.json()) == (400, {
+                "error": "This port speaks HTTPS: use https://", "error_type": "PlainHttpToHttps"})
             out = _client(served, "info,download", "team", endpoint=url,
                           REQUESTS_CA_BUNDLE=str(ca), SSL_CERT_FILE=str(ca))
             commit = served["depot"].resolve("model", "org/clf")["commit"]

@@ -133,6 +133,9 @@ class AccessControl:
         await self.reload()
         if self.state.tokens and self.state.key is None:
             log.warning("the auth key file is missing: no token will be accepted")
+        elif not self.state.tokens and self.options.mode != "none":
+            log.warning("access control is on (--auth %s) and there are no tokens yet: create "
+                        "one with 'modeldepot token create NAME'", self.options.mode)
         self._refresher = asyncio.create_task(self._refresh_loop())
         if self.audit is not None:
             await self.audit.start()

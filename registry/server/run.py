@@ -18,8 +18,12 @@ def serve(settings: Settings, options: ServeOptions, host: str = "127.0.0.1", po
     async def main() -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
-                           ssl_context=ssl_context)
+        if ssl_context is not None:
+            from .tls import TLSSite
+
+            site = TLSSite(runner, host, port, ssl_context)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1] if site._server else port  # port 0
         scheme = "https" if ssl_context is not None else "http"
