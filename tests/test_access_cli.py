@@ -81,6 +81,11 @@ def test_access_set_grant_revoke(cli, model_dir, depot):
     assert cli("access", "set", "org/m", "public").output == "org/m: public\n"
     assert cli("access", "set", "org/m", "public").output == "org/m: public (unchanged)\n"
     assert cli("access", "set", "org/m", "private").output == "org/m: private\n"
+    assert cli("access", "set", "org/m", "gated").output == "org/m: gated\n"
+    meta = depot.resolve("model", "org/m")["repo_meta"]
+    assert (meta["private"], meta["gated"]) == (True, "manual")
+    assert cli("access", "set", "org/m", "ungated").output == "org/m: ungated\n"
+    assert depot.resolve("model", "org/m")["repo_meta"]["gated"] is None
     r = cli("access", "set", "org/none", "private")
     assert (r.exit_code, r.output) == (1, "Error: model repo 'org/none' is not in the depot; "
                                           "see 'modeldepot list'\n")

@@ -37,18 +37,27 @@ def _repo(s, repo_type: str, name: str) -> Repo:
     return Depot.get_repo(s, repo_type, name)
 
 
+VISIBILITY = ("private", "public", "gated", "ungated")
+
+
 def set_visibility(depot, repo_type: str, name: str, visibility: str) -> dict:
-    if visibility not in ("private", "public"):
-        raise InvalidInput(f"unknown visibility {visibility!r}: use private or public")
+    """private/public: who sees the repo at all; gated/ungated: whether reading it needs an
+    approval (a repo mirrored as gated upstream arrives gated)."""
+    if visibility not in VISIBILITY:
+        raise InvalidInput(f"unknown visibility {visibility!r}: use {', '.join(VISIBILITY)}")
     with depot.db.session(write=True) as s:
         repo = _repo(s, repo_type, name)
-        private = visibility == "private"
-        changed = bool(repo.private) != private
+        if visibility in ("private", "public"):
+            before, after = bool(repo.private), visibility == "private"
+            repo.private = after
+        else:
+            before, after = repo.gated, (repo.gated or "manual") if visibility == "gated" else None
+            repo.gated = after
+        changed = before != after
         if changed:
-            repo.private = private
             depot.log_event(s, "access-set", repo=repo.display, visibility=visibility)
         return {"repo": name, "type": repo_type, "visibility": visibility, "changed": changed,
-                "gated": repo.gated}
+                "private": bool(repo.private), "gated": repo.gated}
 
 
 def grant(depot, token: str, repo_type: str, name: str, actor: str) -> dict:

@@ -99,12 +99,13 @@ def access_group():
 
 @access_group.command("set")
 @click.argument("repo")
-@click.argument("visibility", type=click.Choice(["private", "public"]))
+@click.argument("visibility", type=click.Choice(["private", "public", "gated", "ungated"]))
 @repo_type_option
 @json_option
 @pass_app
 def access_set(app, repo, visibility, repo_type, as_json):
-    """Make REPO private (invisible to tokens without an approval) or public."""
+    """Make REPO private (invisible to tokens without an approval) or public; gated (listed, but
+    read only with an approval) or ungated."""
     from ..auth.visibility import set_visibility
 
     info = set_visibility(app.depot, repo_type, repo, visibility)
