@@ -29,6 +29,8 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     offline: bool = False
     debug: bool = False
+    # the key that token hashes are keyed with (registry/auth/tokens.py); default <home>/auth.key
+    auth_key_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Settings":
@@ -41,6 +43,7 @@ class Settings:
             token=env.get("MODELDEPOT_TOKEN") or env.get("HF_TOKEN") or None,
             offline=_truthy(env.get("MODELDEPOT_OFFLINE")),
             debug=_truthy(env.get("MODELDEPOT_DEBUG")),
+            auth_key_file=Path(env["MODELDEPOT_AUTH_KEY_FILE"]) if env.get("MODELDEPOT_AUTH_KEY_FILE") else None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["home"], str):

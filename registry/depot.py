@@ -419,7 +419,10 @@ class Depot:
         descending: bool | None = None,
         limit: int | None = None,
         offset: int = 0,
+        visible=None,
     ) -> list[dict]:
+        """Repos matching the filters; ``visible`` is an extra SQL condition on Repo (what a
+        viewer may see: ``registry.auth.visibility.listing_filter``)."""
         if sort not in SORTS:
             raise InvalidInput(f"unknown sort {sort!r}: use one of {', '.join(SORTS)}")
         if limit is not None and limit < 0:
@@ -431,6 +434,8 @@ class Depot:
             .subquery()
         )
         q = select(Repo)
+        if visible is not None:
+            q = q.where(visible)
         if repo_type:
             q = q.where(Repo.type == validate_repo_type(repo_type))
         if search:

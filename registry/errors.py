@@ -107,3 +107,49 @@ class ValidationFailed(DepotError):
 
     http_status = 422
     error_type = "ValidationFailed"
+
+
+# -- access control (registry/auth) -------------------------------------------------------------
+
+
+class AuthenticationRequired(DepotError):
+    """No credentials where the depot requires them."""
+
+    http_status = 401
+    error_type = "AuthenticationRequired"
+
+
+class InvalidToken(DepotError):
+    """Credentials were sent but are not a live depot token (unknown, revoked, expired, garbled)."""
+
+    http_status = 401
+    error_type = "InvalidToken"
+
+
+class Forbidden(DepotError):
+    """A valid token that may not do this (scope, or a repo outside its patterns)."""
+
+    http_status = 403
+    error_type = "Forbidden"
+
+
+class GatedRepo(DepotError):
+    """A gated repo, and no approval for the caller (401 when anonymous, as the Hub does)."""
+
+    http_status = 403
+    error_type = "GatedRepo"
+    hub_code = "GatedRepo"
+
+    def __init__(self, message: str, status: int = 403, **details):
+        super().__init__(message, **details)
+        self.http_status = status
+
+
+class TooManyRequests(Overloaded):
+    """Rate limited: too many failed authentications from an address, or a token's rate."""
+
+    error_type = "TooManyRequests"
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after

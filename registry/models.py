@@ -238,3 +238,78 @@ class DepotInfo(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(500))
+
+
+# -- access control (registry/auth) -------------------------------------------------------------
+
+
+class AccessToken(Base):
+    """A depot token. Only a salted, keyed hash of its secret is stored (registry/auth/tokens.py)."""
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The public lookup part of the token string, so a presented token finds its row in one step.
+    lookup: Mapped[str] = mapped_column(String(16), unique=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # fnmatch patterns of repo ids this token may use; empty means every repo
+    repos: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+
+    grants: Mapped[list["AccessGrant"]] = relationship(
+        back_populates="token", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class AccessGrant(Base):
+    """An approval: this token may read this gated (or private) repo. Not a foreign key to repos:
+    an approval may be given before the repo is mirrored (the proxy fetches it on first use)."""
+
+    __tablename__ = "access_grants"
+    __table_args__ = (
+        UniqueConstraint("token_id", "repo_type", "repo_name", name="uq_access_grants_token_repo"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[int] = mapped_column(
+        ForeignKey("access_tokens.id", ondelete="CASCADE"), index=True
+    )
+    repo_type: Mapped[str] = mapped_column(String(16))
+    repo_name: Mapped[str] = mapped_column(String(200))
+    granted_by: Mapped[str] = mapped_column(String(200))
+    granted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    token: Mapped[AccessToken] = relationship(back_populates="grants")
+
+
+class AccessRecord(Base):
+    """The access audit: downloads (with bytes sent), reads of private/gated repos, inference
+    calls and refusals. Written in batches by the server (registry/auth/audit.py)."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (
+        Index("ix_access_log_repo_at", "repo", "at"),
+        Index("ix_access_log_token_at", "token", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    token: Mapped[Optional[str]] = mapped_column(String(100))  # the token's name; None: anonymous
+    client: Mapped[Optional[str]] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(16))  # download, metadata, inference, refused, ...
+    repo_type: Mapped[Optional[str]] = mapped_column(String(16))
+    repo: Mapped[Optional[str]] = mapped_column(String(200))
+    commit: Mapped[Optional[str]] = mapped_column(String(40))
+    path: Mapped[Optional[str]] = mapped_column(String(1000))
+    status: Mapped[int] = mapped_column(Integer)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    # ok, aborted (the client went away mid-download), refused
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[Optional[str]] = mapped_column(String(200))

@@ -1,3 +1,47 @@
+CREATE TABLE access_grants (
+	id INTEGER NOT NULL, 
+	token_id INTEGER NOT NULL, 
+	repo_type VARCHAR(16) NOT NULL, 
+	repo_name VARCHAR(200) NOT NULL, 
+	granted_by VARCHAR(200) NOT NULL, 
+	granted_at DATETIME NOT NULL, 
+	CONSTRAINT pk_access_grants PRIMARY KEY (id), 
+	CONSTRAINT fk_access_grants_token_id_access_tokens FOREIGN KEY(token_id) REFERENCES access_tokens (id) ON DELETE CASCADE, 
+	CONSTRAINT uq_access_grants_token_repo UNIQUE (token_id, repo_type, repo_name)
+);
+CREATE TABLE access_log (
+	id INTEGER NOT NULL, 
+	at DATETIME NOT NULL, 
+	token VARCHAR(100), 
+	client VARCHAR(64), 
+	method VARCHAR(8) NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	repo_type VARCHAR(16), 
+	repo VARCHAR(200), 
+	"commit" VARCHAR(40), 
+	path VARCHAR(1000), 
+	status INTEGER NOT NULL, 
+	bytes_sent BIGINT NOT NULL, 
+	outcome VARCHAR(16) NOT NULL, 
+	reason VARCHAR(200), 
+	CONSTRAINT pk_access_log PRIMARY KEY (id)
+);
+CREATE TABLE access_tokens (
+	id INTEGER NOT NULL, 
+	name VARCHAR(100) NOT NULL, 
+	lookup VARCHAR(16) NOT NULL, 
+	salt VARCHAR(32) NOT NULL, 
+	digest VARCHAR(64) NOT NULL, 
+	scopes JSON NOT NULL, 
+	repos JSON NOT NULL, 
+	created_by VARCHAR(200) NOT NULL, 
+	created_at DATETIME NOT NULL, 
+	expires_at DATETIME, 
+	revoked_at DATETIME, 
+	CONSTRAINT pk_access_tokens PRIMARY KEY (id), 
+	CONSTRAINT uq_access_tokens_lookup UNIQUE (lookup), 
+	CONSTRAINT uq_access_tokens_name UNIQUE (name)
+);
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL, 
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
@@ -110,6 +154,10 @@ CREATE TABLE revisions (
 	CONSTRAINT fk_revisions_repo_id_repos FOREIGN KEY(repo_id) REFERENCES repos (id) ON DELETE CASCADE, 
 	CONSTRAINT uq_revisions_repo_id_commit UNIQUE (repo_id, "commit")
 );
+CREATE INDEX ix_access_grants_token_id ON access_grants (token_id);
+CREATE INDEX ix_access_log_at ON access_log (at);
+CREATE INDEX ix_access_log_repo_at ON access_log (repo, at);
+CREATE INDEX ix_access_log_token_at ON access_log (token, at);
 CREATE INDEX ix_artifacts_recipe_key ON artifacts (recipe_key);
 CREATE INDEX ix_events_at ON events (at);
 CREATE INDEX ix_files_revision_id ON files (revision_id);

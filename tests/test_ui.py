@@ -280,3 +280,93 @@ def test_operations_page(page, server, depot_home):
     page.goto(server + "/ui/ops?kind=tag")
     events = page.inner_text("#events")
     assert "prod" in events and "import" not in events.split("\n", 1)[1]
+
+
+# -- with access control on ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, models):
+    """A depot served with --auth required: a public repo, a private one, and three tokens."""
+    from registry.auth.tokens import create_token
+    from registry.auth.visibility import grant, set_visibility
+    from registry.config import Settings
+    from registry.depot import Depot
+    from registry.importer import import_dir
+
+    root = tmp_path_factory.mktemp("ui-auth")
+    home = root / "home"
+    depot = Depot(Settings.from_env(home=home))
+    for name in ("team/public-model", "team/secret-model"):
+        import_dir(depot, models.get("classifier"), name)
+    set_visibility(depot, "model", "team/secret-model", "private")
+    secrets = {}
+    for name, scopes in (("reader", ["read"]), ("insider", ["read"]), ("boss", ["admin"])):
+        secrets[name], _ = create_token(depot, name, scopes, actor="test")
+    grant(depot, "insider", "model", "team/secret-model", "test")
+    with running_server(home, ["--no-inference", "--auth", "required"]) as url:
+        yield {"url": url, "home": home, "root": root, "secrets": secrets}
+
+
+def _sign_in(page, url: str, secret: str) -> None:
+    page.goto(url + "/ui/")
+    assert "/ui/login" in page.url  # the page asks for a token
+    page.fill("#token", secret)
+    page.click("#login")
+
+
+def test_signed_out_the_page_asks_for_a_token(browser, guarded):
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(guarded["url"] + "/ui/models/team/public-model")
+    from urllib.parse import unquote
+
+    assert unquote(pg.url) == guarded["url"] + "/ui/login?next=/ui/models/team/public-model"
+    assert pg.query_selector("#token") is not None
+    pg.fill("#token", "mdp_not-a-real-token")
+    pg.click("#login")
+    assert "that token is not valid" in pg.inner_text("#login-error")
+    context.close()
+
+
+def test_private_repos_need_the_right_token_and_the_token_stays_out_of_urls(browser, guarded):
+    url, secrets = guarded["url"], guarded["secrets"]
+    seen: list[str] = []
+    for who, sees_secret in (("reader", False), ("insider", True)):
+        context = browser.new_context()
+        pg = context.new_page()
+        pg.on("request", lambda r: seen.append(r.url))
+        _sign_in(pg, url, secrets[who])
+        assert pg.url == url + "/ui/"
+        assert f"signed in as {who}" in pg.inner_text("header .who")
+        names = _names(pg)
+        assert "team/public-model" in names
+        assert ("team/secret-model" in names) is sees_secret
+        pg.goto(url + "/ui/?q=secret")
+        assert (_names(pg) == ["team/secret-model"]) is sees_secret
+        r = pg.goto(url + "/ui/models/team/secret-model")
+        if sees_secret:
+            assert r.status == 200 and pg.inner_text("#repo-name").startswith("team/secret-model")
+        else:  # exactly what a repo that does not exist gets
+            assert r.status == 404
+            missing = pg.goto(url + "/ui/models/team/no-such-model")
+            assert missing.status == 404
+        # the operations view (the access audit) is for admins
+        r = pg.goto(url + "/ui/ops")
+        assert r.status == 403
+        pg.click("#logout")
+        pg.goto(url + "/ui/")
+        assert "/ui/login" in pg.url
+        context.close()
+    # an admin sees the access audit, with the refusal above in it
+    context = browser.new_context()
+    pg = context.new_page()
+    _sign_in(pg, url, secrets["boss"])
+    pg.goto(url + "/ui/ops?token=reader")
+    assert "team/secret-model" in pg.inner_text("#access")
+    context.close()
+    for secret in secrets.values():
+        assert not any(secret in u for u in seen), "a token went into a URL"
+    leaked = [p for p in guarded["home"].parent.rglob("*") if p.is_file() and p.suffix in (".log", ".out")
+              and any(s in p.read_text(errors="replace") for s in secrets.values())]
+    assert leaked == []

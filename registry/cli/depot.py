@@ -18,16 +18,18 @@ from ._common import (
     repo_type_option,
     table,
 )
+from .access import access_log_options, show_access_log
 
 
 @click.command("import")
 @click.argument("directory", type=click.Path())
 @click.option("--repo", "repo_name", required=True, help="Repo id to register it as (org/name).")
 @click.option("--ref", default="main", show_default=True, help="Branch name to point at it.")
+@click.option("--private", is_flag=True, help="Make the repo private (see 'modeldepot access').")
 @repo_type_option
 @json_option
 @pass_app
-def import_cmd(app, directory, repo_name, ref, repo_type, as_json):
+def import_cmd(app, directory, repo_name, ref, private, repo_type, as_json):
     """Register a local model (or dataset) DIRECTORY as a revision.
 
     The commit id is derived from the content: importing the same bytes twice gives the same id
@@ -48,6 +50,10 @@ def import_cmd(app, directory, repo_name, ref, repo_type, as_json):
             app.depot, directory, repo_name, ref=ref, repo_type=repo_type,
             progress=bar.update,
         )
+    if private:
+        from ..auth.visibility import set_visibility
+
+        set_visibility(app.depot, repo_type, repo_name, "private")
     if as_json:
         emit_json(result.to_json())
         return
@@ -284,6 +290,11 @@ def env_cmd(app, server, as_json):
             # datasets otherwise reports each load to a hard-coded S3 host
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }
+        from ..auth.tokens import well_formed
+
+        if app.settings.token and well_formed(app.settings.token):
+            # HF_TOKEN is a depot token (docs/sharing.md): clients must send it
+            del values["HF_HUB_DISABLE_IMPLICIT_TOKEN"]
     else:
         cache = str(app.settings.hub_cache)
         values = {
@@ -311,9 +322,18 @@ def env_cmd(app, server, as_json):
 @click.argument("repo", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
+@access_log_options
+@click.pass_context
 @pass_app
-def log_cmd(app, repo, limit, as_json):
-    """Show the audit log (newest first)."""
+def log_cmd(app, ctx, repo, limit, as_json, access, access_repo, access_token, since):
+    """Show the audit log (newest first), or with --access the access audit."""
+    if access:
+        # --json exports everything unless --limit is given
+        explicit = ctx.get_parameter_source("limit") != click.core.ParameterSource.DEFAULT
+        return show_access_log(app, access_repo or repo, access_token, since,
+                               limit if explicit or not as_json else None, as_json)
+    if access_repo or access_token or since:
+        raise click.UsageError("--repo, --token and --since go with --access")
     events = app.depot.events(repo=repo, limit=limit)
     if as_json:
         emit_json(events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import pass_app
+from .access import auth_options, serve_auth_options
 
 
 @click.command("serve")
@@ -30,21 +31,23 @@ from ._common import pass_app
               type=click.IntRange(min=1), help="Token budget of one forward pass (padded).")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
               help="Inputs that may wait per model; beyond it requests get 429.")
+@serve_auth_options
 @pass_app
 def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, no_ui, preload,
-              only_registered,
-              memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens, max_queue):
+              only_registered, memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens,
+              max_queue, **access):
     """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
     from ..server.run import serve
     from ..server.app import ServeOptions
 
+    auth, ssl_context = auth_options(host, **access)
     options = ServeOptions(
         hub_api=not no_hub_api, inference=not no_inference, ui=not no_ui, preload=list(preload),
         only_registered=only_registered, memory_budget_mb=memory_budget_mb,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
-        max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+        max_batch_tokens=max_batch_tokens, max_queue=max_queue, auth=auth,
     )
-    serve(app.settings, options, host=host, port=port)
+    serve(app.settings, options, host=host, port=port, ssl_context=ssl_context)
 
 
 def register(group: click.Group) -> None:

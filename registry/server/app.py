@@ -31,6 +31,8 @@ class ServeOptions:
     max_batch_tokens: int = 16384
     # the base URL clients use, for absolute Link headers; None: taken from each request
     public_url: str | None = None
+    # access control and the access audit (registry.auth.AuthOptions); None: neither
+    auth: object | None = None
 
 
 def create_app(settings: Settings, options: ServeOptions | None = None) -> web.Application:
@@ -42,6 +44,10 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> web.A
     from . import ops
 
     ops.setup(app)
+    if options.auth is not None:
+        from . import auth_mw
+
+        auth_mw.setup(app, options.auth)
     if options.inference:
         from . import inference_api
 

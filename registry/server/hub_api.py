@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlencode
 from aiohttp import web
 from sqlalchemy import String, cast, func, or_, select
 
+from ..auth.visibility import listing_filter
 from ..depot import Depot
 from ..units import iso_z
 from ..errors import (
@@ -31,6 +32,7 @@ from ..naming import COMMIT_RE, REF_RE, validate_repo_id
 from ..store import git_blob_sha1, in_git_dir, lfs_pointer
 from . import client_compat
 from .app import DEPOT, OPTIONS
+from .auth_mw import viewer_of
 
 PAGE_SIZE = 1000
 TREE_PAGE_SIZE = 1000
@@ -404,6 +406,7 @@ class ListQuery:
     config: bool
     expand: list[str]
     gated: bool | None
+    viewer: object = None  # the caller (registry.auth.Principal); None: no access control
 
 
 def _like(text: str) -> str:
@@ -442,6 +445,9 @@ def _default_revisions(s, repo_ids: list[int]) -> dict[int, Revision]:
 def list_repos(depot: Depot, q: ListQuery) -> tuple[list[dict], int | None]:
     """One page of ``/api/models`` or ``/api/datasets`` and the next cursor (or None)."""
     stmt = select(Repo).where(Repo.type == q.repo_type)
+    visible = listing_filter(q.viewer)
+    if visible is not None:
+        stmt = stmt.where(visible)
     for term in q.search:
         stmt = stmt.where(Repo.name.ilike(_like(term), escape="\\"))
     if q.author:
@@ -585,6 +591,7 @@ async def list_handler(request: web.Request) -> web.Response:
             config=_truthy(request.query.get("config")),
             expand=expand,
             gated=None if gated is None else _truthy(gated),
+            viewer=viewer_of(request),
         )
         items, more = await asyncio.to_thread(list_repos, request.app[DEPOT], q)
     except DepotError as e:

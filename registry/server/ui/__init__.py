@@ -19,7 +19,7 @@ import jinja2
 from aiohttp import web
 
 from ... import dataset as datasets
-from ...errors import DepotError, InvalidInput, NotFound
+from ...errors import DepotError, InvalidInput
 from ...inference.tasks import ALIASES, TASKS
 from ...units import human_size
 from ..app import DEPOT, OPTIONS
@@ -66,8 +66,19 @@ def _page(request: web.Request, template: str, status: int = 200, **context) -> 
 
 def viewer(request: web.Request) -> str | None:
     """The name of who is looking (a token's name when access control is on), for the header."""
-    principal = request.get("principal")
+    from ..auth_mw import PRINCIPAL
+
+    principal = request.get(PRINCIPAL)
     return getattr(principal, "name", None) if principal is not None else None
+
+
+def refusal_page(request: web.Request, e: DepotError) -> web.Response:
+    """Access control's refusal of a page, as a page: sign in when no (valid) token was sent."""
+    if e.http_status == 401 and getattr(e, "hub_code", None) != "GatedRepo":
+        target = request.path_qs if request.method == "GET" else "/ui/"
+        raise web.HTTPSeeOther("/ui/login?" + urlencode({"next": target}),
+                               headers=SECURITY_HEADERS)
+    return _error_page(request, e)
 
 
 def _base_url(request: web.Request) -> str:
@@ -107,8 +118,12 @@ async def list_page(request: web.Request) -> web.Response:
         if filters["type"] not in ("", "model", "dataset"):
             raise InvalidInput("type must be model or dataset")
         page = _int_param(request, "page", 1, 1, 10**6)
+        from ...auth.visibility import listing_filter
+        from ..auth_mw import viewer_of
+
         rows = await _call(
-            request.app[DEPOT].list_repos, repo_type=filters["type"] or None,
+            request.app[DEPOT].list_repos, visible=listing_filter(viewer_of(request)),
+            repo_type=filters["type"] or None,
             search=filters["q"] or None, task=filters["task"] or None,
             author=filters["author"] or None, library=filters["library"] or None,
             sort=SORTS[sort], limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
@@ -117,7 +132,7 @@ async def list_page(request: web.Request) -> web.Response:
                      page=1, more=False, error=e.message, tasks=TASKS, sorts=SORTS,
                      link=lambda **kw: "")
     more = len(rows) > PAGE_SIZE
-    rows = [r for r in rows[:PAGE_SIZE] if _may_read(request, r)]
+    rows = rows[:PAGE_SIZE]
 
     def link(**changes) -> str:
         params = {**filters, "sort": sort, "page": page, **changes}
@@ -125,16 +140,6 @@ async def list_page(request: web.Request) -> web.Response:
 
     return _page(request, "list.html", rows=rows, filters=filters, sort=sort, page=page,
                  more=more, error=None, tasks=TASKS, sorts=SORTS, link=link)
-
-
-def _may_read(request: web.Request, row: dict) -> bool:
-    """Access control, when on, decides what a viewer may see (registry/auth); without it every
-    repo is listed. A refused private repo is simply absent, as on the Hub."""
-    check = request.app.get(VISIBILITY)
-    return check is None or check(request, row)
-
-
-VISIBILITY = web.AppKey("ui_visibility", object)
 
 
 # -- one repo ---------------------------------------------------------------------------------
@@ -182,9 +187,8 @@ async def repo_page(request: web.Request) -> web.Response:
     rev = request.query.get("rev") or None
     depot = request.app[DEPOT]
     try:
+        # access control (when on) has already refused a repo this viewer may not read
         data = await _call(_repo_data, depot, repo_type, name, rev)
-        if not _may_read(request, {"name": name, "type": repo_type, **data["repo"]}):
-            raise NotFound(f"{repo_type} {name} is not in this depot")
     except DepotError as e:
         return _error_page(request, e)
     current = data["revision"]
@@ -300,8 +304,10 @@ async def login_submit(request: web.Request) -> web.Response:
     token = str(form.get("token", "")).strip()
     target = _safe_next(str(form.get("next", "")))
     check = request.app.get(TOKEN_CHECK)
-    name = check(token) if check is not None and token else None
-    if check is not None and name is None:
+    if check is None:  # access control is off: there is nothing to sign in to
+        raise web.HTTPSeeOther(target)
+    name = check(request, token) if token else None
+    if name is None:
         return _page(request, "login.html", status=401, next=target,
                      error="that token is not valid (unknown, revoked or expired)")
     response = web.HTTPSeeOther(target)
@@ -317,7 +323,8 @@ async def logout(request: web.Request) -> web.Response:
     raise response
 
 
-# Access control (registry/auth) plugs in here: f(secret) -> token name, or None if not valid.
+# Access control (registry/server/auth_mw) plugs in here: f(request, secret) -> token name, or
+# None if not valid.
 TOKEN_CHECK = web.AppKey("ui_token_check", object)
 
 
@@ -351,4 +358,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ui/{kind:models|datasets}/{name:.+}", repo_page)
 
 
-__all__ = ["setup", "ACCESS_AUDIT", "VISIBILITY", "TOKEN_CHECK", "COOKIE"]
+__all__ = ["setup", "ACCESS_AUDIT", "TOKEN_CHECK", "COOKIE", "refusal_page"]
