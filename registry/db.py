@@ -21,7 +21,7 @@ from .errors import SchemaError
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration. Checked against migrations/ by tests/test_schema.py; knowing it here lets
 # an up-to-date depot open without importing Alembic (start-up time of every command).
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0003"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _engines: dict[str, Engine] = {}

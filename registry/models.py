@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -103,6 +104,9 @@ class Revision(Base):
     parent_commit: Mapped[Optional[str]] = mapped_column(String(40))
     source: Mapped[str] = mapped_column(String(16))  # import / pull / bundle / derived
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Known with its full file list (``meta["listing"]``) but only some files present: what a
+    # pull-through proxy records when clients ask for single files. ``pull`` completes it.
+    partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

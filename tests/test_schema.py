@@ -19,7 +19,7 @@ REGENERATE = ".venv/bin/python -m registry.dbtool schema > tests/schema.sql"
 
 
 def test_single_head():
-    assert head_revision() == "0001"
+    assert head_revision() == "0003"
     # the fast path of Database.ensure_schema relies on this constant
     assert head_revision() == SCHEMA_HEAD
 
@@ -41,7 +41,7 @@ def test_schema_snapshot_matches(tmp_path):
 def test_depot_upgrades_itself_on_first_use(settings):
     db = Database(settings)
     status = schema_status(db.engine)
-    assert status["current"] == status["head"] == "0001"
+    assert status["current"] == status["head"] == "0003"
     assert {"repos", "revisions", "refs", "files", "blobs", "artifacts", "events"} <= set(db.table_names())
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -62,7 +62,7 @@ def test_database_newer_than_code_is_refused(settings, cli):
     assert r.exit_code == 1
     assert r.output == (
         "Error: the registry database is at schema 9999, newer than this modeldepot knows "
-        "(head 0001); upgrade modeldepot instead of using this version\n"
+        "(head 0003); upgrade modeldepot instead of using this version\n"
     )
 
 
@@ -72,13 +72,13 @@ def test_db_commands(cli):
     import json
 
     status = json.loads(r.output)
-    assert status["current"] is None and status["head"] == "0001"
+    assert status["current"] is None and status["head"] == "0003"
     r = cli("db", "upgrade")
-    assert r.output == "schema at 0001 (was empty)\n"
+    assert r.output == "schema at 0003 (was empty)\n"
     r = cli("db", "upgrade")
-    assert r.output == "schema at 0001\n"
+    assert r.output == "schema at 0003\n"
     r = cli("db", "status")
-    assert "schema: 0001 (head 0001): up to date" in r.output
+    assert "schema: 0003 (head 0003): up to date" in r.output
 
 
 def test_migrations_ship_in_the_installed_package(tmp_path):
@@ -111,4 +111,4 @@ def test_migrations_ship_in_the_installed_package(tmp_path):
         check=True, capture_output=True, text=True, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
-    assert out.stdout.strip() == "0001"
+    assert out.stdout.strip() == "0003"
