@@ -442,8 +442,16 @@ class _Cancelled(Exception):
 
 
 class _Puller:
+    """Verified, resumable downloads of one commit's files into the store.
+
+    ``listener`` (the proxy's streaming fetch) is told ``opened(tmp, have)`` when the partial file
+    is locked and holds ``have`` valid-looking bytes (again with 0 if the server ignored our
+    Range), and ``written(n)`` each time the partial file holds ``n`` bytes on disk, so readers
+    can tail it while it grows; nothing is ever registered from it before it verified.
+    """
+
     def __init__(self, depot: Depot, repo_type: str, name: str, commit: str, endpoint: str,
-                 token: str | None, progress: _Progress):
+                 token: str | None, progress: _Progress, listener=None):
         from huggingface_hub.utils import build_hf_headers
 
         self.depot, self.store = depot, depot.store
@@ -457,6 +465,7 @@ class _Puller:
         # Set when one download fails: the others stop at their next chunk (keeping their
         # partial files for a re-run) instead of finishing first.
         self.cancelled = threading.Event()
+        self.listener = listener
 
     def url(self, path: str) -> str:
         return _resolve_url(self.endpoint, self.repo_type, self.name, self.commit, path)
@@ -490,6 +499,8 @@ class _Puller:
             os.truncate(tmp, 0)
         if hasher is not None:
             _hash_into(tmp, hasher)
+        if self.listener is not None:
+            self.listener.opened(tmp, tmp.stat().st_size)
         stalled = 0
         while True:
             before = tmp.stat().st_size
@@ -543,7 +554,10 @@ class _Puller:
                 # The server ignored our Range: start over, hashing from the first byte.
                 mode, have = "wb", 0
                 hasher = _hasher_for(f)
+                if self.listener is not None:
+                    self.listener.opened(tmp, 0)
             got = have
+            listener = self.listener
             # Leaving the block, also by an exception, flushes every byte received to the file,
             # where a resume picks up. (Copying chunks into a buffer of our own first cost a
             # quarter of the wall time on 2 cores.)
@@ -559,6 +573,9 @@ class _Puller:
                         hasher.update(chunk)
                     self.progress.update(len(chunk))
                     got += len(chunk)
+                    if listener is not None:
+                        out.flush()  # what readers tail must be on disk, not in our buffer
+                        listener.written(got)
         if f.size is not None and got < f.size:
             raise _Truncated(f"{f.path}: got {got} of {f.size} bytes")
         return hasher
@@ -570,6 +587,17 @@ class _Puller:
         if f.lfs is False and f.git_sha1 and f.size is not None:
             return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
         return hash_file(self.store.blob_path(f.sha256))
+
+
+def fetch_file(depot: Depot, repo_type: str, name: str, commit: str, f: UpstreamFile, *,
+               endpoint: str, token: str | None = None, listener=None, progress=None) -> FileRecord:
+    """Fetch one file of ``name@commit`` into the store, verified exactly as ``pull`` does
+    (the same resumable download), and return its record; nothing is registered here."""
+    puller = _Puller(depot, repo_type, name, commit, endpoint.rstrip("/"), token,
+                     _Progress(progress), listener)
+    if f.sha256 and depot.store.has_blob(f.sha256, f.size):
+        return _record(f, puller.known_digest(f))
+    return _record(f, puller.download(f))
 
 
 @contextmanager
@@ -847,7 +875,7 @@ def _check_extends(depot: Depot, repo_type: str, name: str, commit: str,
         held = set(s.scalars(
             select(File.path).join(Revision).join(Repo).where(
                 Repo.type == repo_type, Repo.name == name, Revision.commit == commit,
-                Revision.complete.is_(True))
+                Revision.complete.is_(True), Revision.partial.is_(False))
         ))
     if not held:
         return

@@ -6,6 +6,7 @@ models and the migrations drift apart.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -122,6 +123,27 @@ class Revision(Base):
     artifact: Mapped[Optional["Artifact"]] = relationship(
         back_populates="revision", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def listed_files(self) -> list:
+        """Every file of the commit: the File rows, plus (for a partial revision) the files that
+        are listed upstream but not fetched yet, as ``ListedFile`` (same attributes, no blob)."""
+        if not self.partial:
+            return list(self.files)
+        present = {f.path: f for f in self.files}
+        return [present.get(d["path"]) or ListedFile(**d)
+                for d in (self.meta or {}).get("listing", [])]
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file of a partial revision that is known (size, hashes) but not in the store yet."""
+
+    path: str
+    size: int
+    lfs: bool
+    sha256: Optional[str] = None  # always known for LFS files
+    git_sha1: Optional[str] = None  # the Hub's blob id (of the LFS pointer, for LFS files)
 
 
 REF_KINDS = ("branch", "tag", "alias")
