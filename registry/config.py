@@ -29,6 +29,11 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     offline: bool = False
     debug: bool = False
+    # `serve --proxy`: the upstream a pull-through proxy fetches misses from ("" = ``endpoint``),
+    # the token it uses there (never a client's), and how long a branch/tag stays resolved.
+    proxy: str | None = None
+    proxy_token: str | None = field(default=None, repr=False)
+    proxy_ttl: float = 300.0
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Settings":
@@ -41,6 +46,9 @@ class Settings:
             token=env.get("MODELDEPOT_TOKEN") or env.get("HF_TOKEN") or None,
             offline=_truthy(env.get("MODELDEPOT_OFFLINE")),
             debug=_truthy(env.get("MODELDEPOT_DEBUG")),
+            proxy=env.get("MODELDEPOT_PROXY"),
+            proxy_token=env.get("MODELDEPOT_PROXY_TOKEN") or None,
+            proxy_ttl=float(env.get("MODELDEPOT_PROXY_TTL") or 300),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["home"], str):
@@ -48,6 +56,13 @@ class Settings:
         values["home"] = Path(values["home"]).absolute()
         values["endpoint"] = values["endpoint"].rstrip("/")
         return cls(**values)
+
+    @property
+    def proxy_upstream(self) -> str | None:
+        """The proxy's upstream URL, or None when ``serve`` is not a proxy."""
+        if self.proxy is None:
+            return None
+        return (self.proxy or self.endpoint).rstrip("/")
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)

@@ -581,12 +581,16 @@ class _Puller:
         return hasher
 
     def known_digest(self, f: UpstreamFile) -> Digest:
-        """The digest of a blob already in the store, without reading it when we can."""
-        if f.lfs and f.size is not None:
-            return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
-        if f.lfs is False and f.git_sha1 and f.size is not None:
-            return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
-        return hash_file(self.store.blob_path(f.sha256))
+        return known_digest(self.store, f)
+
+
+def known_digest(store, f: UpstreamFile) -> Digest:
+    """The digest of a blob already in the store, without reading it when we can."""
+    if f.lfs and f.size is not None:
+        return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
+    if f.lfs is False and f.git_sha1 and f.size is not None:
+        return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
+    return hash_file(store.blob_path(f.sha256))
 
 
 def fetch_file(depot: Depot, repo_type: str, name: str, commit: str, f: UpstreamFile, *,
@@ -596,7 +600,7 @@ def fetch_file(depot: Depot, repo_type: str, name: str, commit: str, f: Upstream
     puller = _Puller(depot, repo_type, name, commit, endpoint.rstrip("/"), token,
                      _Progress(progress), listener)
     if f.sha256 and depot.store.has_blob(f.sha256, f.size):
-        return _record(f, puller.known_digest(f))
+        return _record(f, known_digest(depot.store, f))
     return _record(f, puller.download(f))
 
 

@@ -30,6 +30,8 @@ class ServeOptions:
     max_batch_tokens: int = 16384
     # the base URL clients use, for absolute Link headers; None: taken from each request
     public_url: str | None = None
+    # `--proxy`: a pull-through cache in front of this upstream (registry/proxy.ProxyConfig)
+    proxy: object | None = None
 
 
 def create_app(settings: Settings, options: ServeOptions | None = None) -> web.Application:
@@ -45,6 +47,10 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> web.A
         from . import inference_api
 
         inference_api.setup(app)
+    if options.hub_api and options.proxy is not None:
+        from . import proxy
+
+        proxy.setup(app, options.proxy)
     if options.hub_api:
         # Last: its /{repo}/resolve/... routes are the most general.
         from . import hub_api
