@@ -108,7 +108,8 @@ class FileFetch:
         self.loop.call_soon_threadsafe(self._opened, fd, have)
 
     def written(self, n: int) -> None:
-        if n - self._last_notified >= NOTIFY_BYTES or n >= self.size:
+        if n - self._last_notified >= NOTIFY_BYTES or n >= self.size or not self.responded:
+            self.responded = True
             self._last_notified = n
             self.loop.call_soon_threadsafe(self._progress, n)
 
@@ -187,8 +188,9 @@ class Proxy:
                 lambda: self._thread(lib.record_revision, self.depot, self.cfg, repo_type, name, rev))
         except DepotError as e:
             self._failed(e)
-            if local is not None:  # stale-if-error: the last known commit
+            if local is not None:  # stale-if-error: the last known commit, until the next TTL
                 self.metrics.stale.inc()
+                self.checked[key] = time.monotonic()
                 return name
             raise
         self.checked[key] = time.monotonic()
