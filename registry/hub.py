@@ -337,9 +337,10 @@ def _resolve_url(endpoint: str, repo_type: str, name: str, commit: str, path: st
     return f"{endpoint}/{prefix}{name}/resolve/{commit}/{quote(path)}"
 
 
-def _repo_info(api, repo_type: str, name: str, revision: str | None, context: dict):
+def _repo_info(api, repo_type: str, name: str, revision: str | None, context: dict,
+               timeout: float | None = None):
     info = _call(api.repo_info, name, repo_type=repo_type, revision=revision,
-                 files_metadata=True, context=context)
+                 files_metadata=True, timeout=timeout, context=context)
     if not is_commit(getattr(info, "sha", None)):
         raise UpstreamError(
             f"{context['endpoint']} gave no commit id for {_repo_label(repo_type, name)}"

@@ -40,6 +40,10 @@ from .store import git_blob_sha1, lfs_pointer
 from .units import iso_z
 
 
+# A hung upstream must not hold every client of a revision (they share one call) forever.
+METADATA_TIMEOUT = 30.0
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     upstream: str
@@ -208,7 +212,7 @@ def record_revision(depot: Depot, cfg: ProxyConfig, repo_type: str, name: str,
     context = {"endpoint": cfg.upstream, "repo_type": repo_type, "name": name, "revision": rev}
     try:
         api = hub._api(cfg.upstream, cfg.token)
-        info = hub._repo_info(api, repo_type, name, rev, context)
+        info = hub._repo_info(api, repo_type, name, rev, context, timeout=METADATA_TIMEOUT)
         canonical = info.id or name
         if canonical != name:
             _record_upstream_redirect(repo_type, name, canonical)

@@ -243,7 +243,7 @@ class Proxy:
                      start: int) -> web.StreamResponse:
         while not fetch.responded and fetch.state == "running":
             await fetch.changed()
-        if fetch.state == "failed" and fetch.have <= start:
+        if fetch.state == "failed":  # nothing sent yet: a proper error, not a cut
             return error_response(fetch.error)
         size = fetch.size
         resp = web.StreamResponse(status=206 if start else 200, headers=headers)
