@@ -447,8 +447,9 @@ class _Puller:
 
     ``listener`` (the proxy's streaming fetch) is told ``opened(tmp, have)`` when the partial file
     is locked and holds ``have`` valid-looking bytes (again with 0 if the server ignored our
-    Range), and ``written(n)`` each time the partial file holds ``n`` bytes on disk, so readers
-    can tail it while it grows; nothing is ever registered from it before it verified.
+    Range), and ``written(n)`` when the partial file holds ``n`` bytes on disk and
+    ``due(n)`` said it wants to hear, so readers can tail it while it grows; nothing is ever
+    registered from it before it verified.
     """
 
     def __init__(self, depot: Depot, repo_type: str, name: str, commit: str, endpoint: str,
@@ -574,7 +575,7 @@ class _Puller:
                         hasher.update(chunk)
                     self.progress.update(len(chunk))
                     got += len(chunk)
-                    if listener is not None:
+                    if listener is not None and listener.due(got):
                         out.flush()  # what readers tail must be on disk, not in our buffer
                         listener.written(got)
         if f.size is not None and got < f.size:

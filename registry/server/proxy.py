@@ -99,6 +99,7 @@ class FileFetch:
         self.record = None
         self._event = asyncio.Event()
         self._last_notified = 0
+        self._told = False  # (fetch thread) the readers heard of the first bytes
 
     # -- called from the fetch thread --
 
@@ -107,11 +108,14 @@ class FileFetch:
         self._last_notified = have
         self.loop.call_soon_threadsafe(self._opened, fd, have)
 
+    def due(self, n: int) -> bool:
+        """Flush and tell the readers? The first bytes, then every NOTIFY_BYTES, and the end."""
+        return n - self._last_notified >= NOTIFY_BYTES or n >= self.size or not self._told
+
     def written(self, n: int) -> None:
-        if n - self._last_notified >= NOTIFY_BYTES or n >= self.size or not self.responded:
-            self.responded = True
-            self._last_notified = n
-            self.loop.call_soon_threadsafe(self._progress, n)
+        self._told = True
+        self._last_notified = n
+        self.loop.call_soon_threadsafe(self._progress, n)
 
     # -- on the loop --
 
