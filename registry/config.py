@@ -13,6 +13,21 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _seconds(env, name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"{name} must be a number of seconds >= 0, got {raw[:40]!r}")
+    return value
+
+
 def default_home() -> Path:
     from platformdirs import user_data_dir
 
@@ -48,7 +63,7 @@ class Settings:
             debug=_truthy(env.get("MODELDEPOT_DEBUG")),
             proxy=env.get("MODELDEPOT_PROXY"),
             proxy_token=env.get("MODELDEPOT_PROXY_TOKEN") or None,
-            proxy_ttl=float(env.get("MODELDEPOT_PROXY_TTL") or 300),
+            proxy_ttl=_seconds(env, "MODELDEPOT_PROXY_TTL", 300.0),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["home"], str):

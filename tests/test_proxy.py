@@ -550,6 +550,23 @@ def test_the_upstreams_gated_flag_is_recorded(upstream, make_proxy, tmp_path):
             s.execute(update(Repo).where(Repo.name == "org/ds").values(gated=None))
 
 
+def test_serve_proxy_takes_its_upstream_from_the_option_or_the_environment(upstream, tmp_path,
+                                                                           cli):
+    from serverutil import running_server
+
+    for args, env in ((["--proxy"], {"MODELDEPOT_ENDPOINT": upstream["url"]}),
+                      ([], {"MODELDEPOT_PROXY": upstream["url"]})):
+        upstream["faults"].log.clear()
+        home = tmp_path / f"p{len(args)}"
+        with running_server(home, ["--no-inference", *args], env=env) as url:
+            r = requests.get(f"{url}/api/models/org/clf")
+            assert (r.status_code, r.json()["sha"]) == (200, upstream["clf"])
+        assert api_gets(upstream["faults"])[0] == "/api/models/org/clf"
+    r = cli("list", env={"MODELDEPOT_PROXY_TTL": "soon"})
+    assert (r.exit_code, r.output) == (
+        1, "Error: MODELDEPOT_PROXY_TTL must be a number of seconds >= 0, got 'soon'\n")
+
+
 def test_without_proxy_nothing_changes(upstream, tmp_path):
     from registry.config import Settings
     from registry.server.app import ServeOptions, create_app

@@ -276,7 +276,7 @@ class Proxy:
                     await loop.sendfile(transport, src, pos, limit - pos)
                     pos = limit
                     continue
-                if pos >= size:
+                if pos >= size and fetch.state == "verified":
                     break
                 await fetch.changed()
         except (ConnectionError, RuntimeError):
