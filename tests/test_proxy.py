@@ -320,6 +320,20 @@ def test_a_wrong_byte_reaches_no_client_and_nothing_is_registered(upstream, make
     assert open(hf_download(url, "org/clf", "model.safetensors", tmp_path), "rb").read() == want
 
 
+def test_ranges_of_a_cold_file(upstream, make_proxy, tmp_path):
+    url, _depot = make_proxy(upstream["url"])
+    data = (upstream["src"] / "model.safetensors").read_bytes()
+    file_url = f"{url}/org/clf/resolve/main/model.safetensors"
+    r = requests.get(file_url, headers={"Range": "bytes=0-99"})  # a safetensors header read
+    assert (r.status_code, r.content, r.headers["Content-Range"]) == (
+        206, data[:100], f"bytes 0-99/{len(data)}")
+    url, _depot = make_proxy(upstream["url"], depot_home=tmp_path / "second")
+    r = requests.get(f"{url}/org/clf/resolve/main/model.safetensors",
+                     headers={"Range": "bytes=1000-"})  # a client resuming its download
+    assert (r.status_code, r.content, r.headers["Content-Range"]) == (
+        206, data[1000:], f"bytes 1000-{len(data) - 1}/{len(data)}")
+
+
 def test_a_dropped_connection_is_resumed_into_a_complete_file(upstream, make_proxy, tmp_path):
     url, _depot = make_proxy(upstream["url"])
     upstream["faults"].cut["model.safetensors"] = 50_000

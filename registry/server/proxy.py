@@ -205,8 +205,8 @@ class Proxy:
     # -- files -------------------------------------------------------------------------------
 
     def _start_fetch(self, repo_type: str, name: str, commit: str, entry: dict) -> FileFetch:
-        key = entry.get("sha256") or entry.get("git_sha1") or (repo_type, name, commit,
-                                                               entry["path"])
+        # By file of a revision, not by content: the fetch registers the file in that revision.
+        key = (repo_type, name, commit, entry["path"])
         fetch = self.fetches.get(key)
         if fetch is not None:
             self.metrics.joins.labels("file").inc()
@@ -316,9 +316,18 @@ class Proxy:
         if request.method == "HEAD":  # answered from the listing: no download for a HEAD
             return web.Response(status=200, headers={**headers,
                                                      "Content-Length": str(entry["size"])})
-        start = _range_start(request.headers.get("Range"), entry["size"])
         fetch = self._start_fetch(repo_type, name, local.commit, entry)
-        return await self.stream(request, fetch, headers, start)
+        rng = request.headers.get("Range")
+        start = _range_start(rng, entry["size"])
+        if rng and start is None:
+            # A slice (e.g. a safetensors header) is answered from the verified file only: a
+            # client keeps a 206 it got in full, so it must never see unverified bytes.
+            while fetch.state == "running":
+                await fetch.changed()
+            if fetch.state == "failed":
+                return error_response(fetch.error)
+            return await handler(request)
+        return await self.stream(request, fetch, headers, start or 0)
 
     # -- the API and search ------------------------------------------------------------------
 
@@ -390,13 +399,16 @@ def error_response(e: DepotError) -> web.Response:
     return resp
 
 
-def _range_start(header: str | None, size: int) -> int:
-    """The start of ``bytes=N-`` (what resuming clients send); anything else: the whole file."""
-    if header and header.startswith("bytes=") and "," not in header:
+def _range_start(header: str | None, size: int) -> int | None:
+    """0 without a Range; N for ``bytes=N-`` (what resuming clients send), streamed as it
+    arrives; None for any other range (answered once the file verified)."""
+    if not header:
+        return 0
+    if header.startswith("bytes=") and "," not in header:
         first, _, last = header[6:].partition("-")
         if first.isdigit() and not last and int(first) < size:
             return int(first)
-    return 0
+    return None
 
 
 def _renamed(request: web.Request, old: str, new: str) -> web.Request:
