@@ -154,6 +154,7 @@ class Proxy:
         self.metrics = ProxyMetrics(app[METRICS].registry)
         self.flights = SingleFlight(self.metrics)
         self.fetches: dict[Any, FileFetch] = {}
+        self._tasks: set[asyncio.Task] = set()
         self.checked: dict[tuple, float] = {}  # (type, repo, ref) -> when last resolved upstream
         self.pool = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="proxy")
 
@@ -240,7 +241,9 @@ class Proxy:
             except DepotError:
                 pass  # the audit must not turn a served file into an error
 
-        asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
         return fetch
 
     async def stream(self, request: web.Request, fetch: FileFetch, headers: dict,
