@@ -100,6 +100,7 @@ class FileFetch:
         self._event = asyncio.Event()
         self._last_notified = 0
         self._told = False  # (fetch thread) the readers heard of the first bytes
+        self.cancelled = False
 
     # -- called from the fetch thread --
 
@@ -110,6 +111,8 @@ class FileFetch:
 
     def due(self, n: int) -> bool:
         """Flush and tell the readers? The first bytes, then every NOTIFY_BYTES, and the end."""
+        if self.cancelled:  # the server is stopping: end the download (its partial file stays)
+            raise ConnectionAbortedError("the proxy is shutting down")
         return n - self._last_notified >= NOTIFY_BYTES or n >= self.size or not self._told
 
     def written(self, n: int) -> None:
@@ -380,6 +383,8 @@ class Proxy:
         return [item for item in body if isinstance(item, dict)]
 
     async def close(self, _app) -> None:
+        for fetch in self.fetches.values():
+            fetch.cancelled = True
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
