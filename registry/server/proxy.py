@@ -170,9 +170,10 @@ class Proxy:
 
     # -- revisions ---------------------------------------------------------------------------
 
-    async def ensure(self, repo_type: str, name: str, rev: str | None) -> str:
-        """Make sure the registry holds ``rev`` of ``name`` (asking the upstream when it must);
-        the repo id to answer under (a renamed repo's new id)."""
+    async def ensure(self, repo_type: str, name: str, rev: str | None) -> tuple[str, lib.LocalRev | None]:
+        """Make sure the registry holds ``rev`` of ``name`` (asking the upstream when it must).
+        Returns the repo id to answer under (a renamed repo's new id) and, when it did not have
+        to ask, how ``rev`` resolved locally."""
         name = lib.canonical_name(repo_type, name)
         hub_api._check_rev(rev)
         local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, rev)
@@ -180,10 +181,10 @@ class Proxy:
         fresh = time.monotonic() - self.checked.get(key, float("-inf")) < self.cfg.ttl
         if local is not None and (local.kind in ("commit", "alias") or fresh):
             self.metrics.hits.labels("metadata").inc()
-            return name
+            return name, local
         if not self.cfg.allows(repo_type, name):
             if local is not None:
-                return name
+                return name, local
             raise RepoNotFound(f"{lib.label(repo_type, name)} is not in the depot, and this proxy "
                                "does not fetch it from its upstream (not in its allow list)")
         self.metrics.misses.labels("metadata").inc()
@@ -199,12 +200,12 @@ class Proxy:
             if local is not None:  # stale-if-error: the last known commit, until the next TTL
                 self.metrics.stale.inc()
                 self.checked[key] = time.monotonic()
-                return name
+                return name, local
             raise
         self.checked[key] = time.monotonic()
         if canonical != name:
             self.checked[(repo_type, canonical, rev or "main")] = self.checked[key]
-        return canonical
+        return canonical, None
 
     # -- files -------------------------------------------------------------------------------
 
@@ -298,10 +299,12 @@ class Proxy:
             return await handler(request)
         t = targets[0]
         try:
-            name = await self.ensure(repo_type, t.repo, t.rev)
+            name, local = await self.ensure(repo_type, t.repo, t.rev)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
-            local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, t.rev)
+            if local is None:  # just recorded
+                local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name,
+                                                t.rev)
             entry = local and local.partial and await asyncio.to_thread(
                 lib.listed_file, self.depot, repo_type, name, local.commit, t.path)
         except DepotError as e:
@@ -344,7 +347,7 @@ class Proxy:
         if targets:
             t = targets[0]
             try:
-                name = await self.ensure(hub_api.TYPES[kind], t.repo,
+                name, _local = await self.ensure(hub_api.TYPES[kind], t.repo,
                                          None if t.action in ("info", "refs") else t.rev)
             except DepotError as e:
                 return error_response(e)
