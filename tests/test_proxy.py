@@ -568,6 +568,12 @@ def test_serve_proxy_takes_its_upstream_from_the_option_or_the_environment(upstr
                                                                            cli):
     from serverutil import running_server
 
+    # Without --proxy nothing changes: a repo the depot lacks is not found, nothing goes out.
+    with running_server(tmp_path / "plain", ["--no-inference"],
+                        env={"MODELDEPOT_ENDPOINT": upstream["url"]}) as url:
+        r = requests.get(f"{url}/api/models/org/clf")
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "RepoNotFound"
+    assert upstream["faults"].log == []
     for args, env in ((["--proxy"], {"MODELDEPOT_ENDPOINT": upstream["url"]}),
                       ([], {"MODELDEPOT_PROXY": upstream["url"]})):
         upstream["faults"].log.clear()
@@ -579,17 +585,6 @@ def test_serve_proxy_takes_its_upstream_from_the_option_or_the_environment(upstr
     r = cli("list", env={"MODELDEPOT_PROXY_TTL": "soon"})
     assert (r.exit_code, r.output) == (
         1, "Error: MODELDEPOT_PROXY_TTL must be a number of seconds >= 0, got 'soon'\n")
-
-
-def test_without_proxy_nothing_changes(upstream, tmp_path):
-    from registry.config import Settings
-    from registry.server.app import ServeOptions, create_app
-
-    with AppServer(create_app(Settings.from_env(home=tmp_path / "plain"),
-                              ServeOptions(inference=False))) as plain:
-        r = requests.get(f"{plain.url}/api/models/org/clf")
-        assert r.status_code == 404 and r.headers["X-Error-Code"] == "RepoNotFound"
-    assert upstream["faults"].log == []
 
 
 # -- 32 clients on one cold 200 MB file -----------------------------------------------------------
