@@ -320,6 +320,18 @@ def test_a_wrong_byte_reaches_no_client_and_nothing_is_registered(upstream, make
     assert open(hf_download(url, "org/clf", "model.safetensors", tmp_path), "rb").read() == want
 
 
+def test_the_first_client_gets_bytes_before_the_file_is_stored(upstream, make_proxy):
+    url, depot = make_proxy(upstream["url"])
+    upstream["extra"].slow["model.safetensors"] = (8 * 1024, 0.05)
+    data = (upstream["src"] / "model.safetensors").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    with requests.get(f"{url}/org/clf/resolve/main/model.safetensors", stream=True) as r:
+        first = r.raw.read(4096)
+        assert first == data[:4096] and not depot.store.has_blob(sha)  # streamed, not stored yet
+        rest = r.raw.read()
+    assert first + rest == data and depot.store.has_blob(sha)
+
+
 def test_ranges_of_a_cold_file(upstream, make_proxy, tmp_path):
     url, _depot = make_proxy(upstream["url"])
     data = (upstream["src"] / "model.safetensors").read_bytes()
