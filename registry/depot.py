@@ -295,6 +295,7 @@ class Depot:
 
         rev = s.scalar(select(Revision).where(Revision.repo_id == repo.id, Revision.commit == commit))
         created = rev is None or not rev.complete or rev.partial
+        first_seen = rev.created_at if rev is not None and rev.partial else now
         if rev is not None and (not rev.complete or rev.partial):  # replaced by what it grew to
             s.delete(rev)
             s.flush()
@@ -302,8 +303,8 @@ class Depot:
         if rev is None:
             rev = Revision(
                 repo_id=repo.id, commit=commit, parent_commit=parent_commit, source=source,
-                complete=True, size=size, file_count=len(files), meta=revision_meta, created_at=now,
-                partial=partial,
+                complete=True, size=size, file_count=len(files), meta=revision_meta,
+                created_at=first_seen, partial=partial,
             )
             s.add(rev)
             s.flush()
