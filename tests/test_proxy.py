@@ -9,10 +9,10 @@ huggingface_hub calls.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -80,7 +80,7 @@ async def extra_modes(request: web.Request, handler):
         await resp.prepare(request)
         for i in range(0, len(data), step):
             await resp.write(data[i:i + step])
-            await asyncio_sleep(pause)
+            await asyncio.sleep(pause)
         await resp.write_eof()
         return resp
     resp = await handler(request)
@@ -93,13 +93,7 @@ async def extra_modes(request: web.Request, handler):
     return resp
 
 
-async def asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
-def _serve_depot(depot, **app_keys):
+def _serve_depot(depot):
     from registry.server.app import ServeOptions, create_app
 
     app = create_app(depot.settings, ServeOptions(inference=False))
