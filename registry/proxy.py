@@ -286,11 +286,7 @@ def fetch_into_revision(depot: Depot, cfg: ProxyConfig, repo_type: str, name: st
     try:
         record = hub.fetch_file(depot, repo_type, name, commit, f, endpoint=cfg.upstream,
                                 token=cfg.token, listener=listener, progress=progress)
-    except DepotError as e:
-        if isinstance(e, UpstreamError) and not isinstance(e, Unauthorized):
-            raise upstream_failure(e, cfg, repo_type, name, what=f.path) from e
-        raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - an IntegrityError (no HTTP cause) stays itself
         raise upstream_failure(e, cfg, repo_type, name, what=f.path) from e
     depot.publish(repo_type=repo_type, name=name, commit=commit, files=[record], source="proxy",
                   refs=(), partial=True, revision_meta={},

@@ -491,6 +491,19 @@ def test_upstream_refusals_map_to_hub_errors(upstream, make_proxy, tmp_path, sta
     assert e.value.response.status_code == want_status
 
 
+def test_a_file_the_upstream_refuses(upstream, make_proxy):
+    url, depot = make_proxy(upstream["url"])
+    requests.get(f"{url}/api/models/org/clf").raise_for_status()  # the revision is recorded
+    upstream["faults"].status = (403, "GatedRepo")
+    r = requests.get(f"{url}/org/clf/resolve/main/config.json")
+    assert (r.status_code, r.headers["X-Error-Code"]) == (403, "GatedRepo")
+    assert r.json()["error"] == (
+        f"the upstream {upstream['url']} refused config.json of org/clf (HTTP 403, GatedRepo); "
+        "the depot fetches with its own upstream token (MODELDEPOT_PROXY_TOKEN), ask its "
+        "operator for access")
+    assert "config.json" not in {f["path"] for f in depot.show("model", "org/clf")["revision"]["files"]}
+
+
 def test_rate_limits_and_an_unreachable_upstream(upstream, make_proxy, tmp_path):
     url, depot = make_proxy(upstream["url"])
     requests.get(f"{url}/api/models/org/clf").raise_for_status()  # now cached
