@@ -144,6 +144,18 @@ def revision_entry(repo: Repo, rev: Revision) -> dict[str, Any]:
     }
 
 
+def refuse_partial(repo, rev, what: str) -> None:
+    """A lock or bundle pins every file of a commit: a partial revision has only some."""
+    if rev.partial:
+        listed = len((rev.meta or {}).get("listing", []))
+        flag = "" if repo.type == "model" else f" --type {repo.type}"
+        raise Conflict(
+            f"{repo.display}@{rev.commit[:12]} is partial ({rev.file_count} of {listed} files "
+            f"present, fetched through the proxy); run 'modeldepot pull {repo.name}@"
+            f"{rev.commit[:12]}{flag}' to complete it, then {what} again"
+        )
+
+
 def select_revisions(
     depot: Depot, specs: Sequence[str] = (), *, all_revisions: bool = False, repo_type: str = "model",
     with_ancestors: bool = True,
@@ -174,6 +186,8 @@ def select_revisions(
                 if parent is not None and parent.id not in chosen:
                     chosen[parent.id] = parent
                     pending.append(parent)
+        for rev in chosen.values():
+            refuse_partial(rev.repo, rev, "create the bundle")
         revs = list(s.scalars(
             select(Revision).where(Revision.id.in_(list(chosen)))
             .options(selectinload(Revision.files), selectinload(Revision.artifact),

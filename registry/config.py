@@ -13,6 +13,21 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _seconds(env, name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"{name} must be a number of seconds >= 0, got {raw[:40]!r}")
+    return value
+
+
 def default_home() -> Path:
     from platformdirs import user_data_dir
 
@@ -31,6 +46,11 @@ class Settings:
     debug: bool = False
     # the key that token hashes are keyed with (registry/auth/tokens.py); default <home>/auth.key
     auth_key_file: Path | None = None
+    # `serve --proxy`: the upstream a pull-through proxy fetches misses from ("" = ``endpoint``),
+    # the token it uses there (never a client's), and how long a branch/tag stays resolved.
+    proxy: str | None = None
+    proxy_token: str | None = field(default=None, repr=False)
+    proxy_ttl: float = 300.0
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Settings":
@@ -44,6 +64,9 @@ class Settings:
             offline=_truthy(env.get("MODELDEPOT_OFFLINE")),
             debug=_truthy(env.get("MODELDEPOT_DEBUG")),
             auth_key_file=Path(env["MODELDEPOT_AUTH_KEY_FILE"]) if env.get("MODELDEPOT_AUTH_KEY_FILE") else None,
+            proxy=env.get("MODELDEPOT_PROXY"),
+            proxy_token=env.get("MODELDEPOT_PROXY_TOKEN") or None,
+            proxy_ttl=_seconds(env, "MODELDEPOT_PROXY_TTL", 300.0),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["home"], str):
@@ -51,6 +74,13 @@ class Settings:
         values["home"] = Path(values["home"]).absolute()
         values["endpoint"] = values["endpoint"].rstrip("/")
         return cls(**values)
+
+    @property
+    def proxy_upstream(self) -> str | None:
+        """The proxy's upstream URL, or None when ``serve`` is not a proxy."""
+        if self.proxy is None:
+            return None
+        return (self.proxy or self.endpoint).rstrip("/")
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)

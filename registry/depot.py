@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from . import cacheview, names
@@ -183,8 +183,14 @@ class Depot:
         revision_meta: dict[str, Any] | None = None,
         artifact: dict[str, Any] | None = None,
         event_details: dict[str, Any] | None = None,
+        partial: bool = False,
     ) -> PublishResult:
-        """Make a revision whose blobs are all in the store visible, atomically."""
+        """Make a revision whose blobs are all in the store visible, atomically.
+
+        ``partial``: ``files`` are some of the files that ``revision_meta["listing"]`` names
+        (the pull-through proxy); they are added to what a partial revision of that commit already
+        holds, and it becomes complete once every listed file is present.
+        """
         validate_repo_type(repo_type)
         validate_repo_id(name)
         if not is_commit(commit):
@@ -203,6 +209,14 @@ class Depot:
         with self.writing() as lease, self.store.repo_lock(repo_type, name):
             with self.db.session() as s:
                 names.refuse_former_name(s, repo_type, name)
+            if partial:
+                merged = self._merge_partial(repo_type, name, commit, files, revision_meta or {})
+                if merged is None:  # already complete: nothing to add
+                    return PublishResult(repo=name, repo_type=repo_type, commit=commit,
+                                         created=False, refs=[r for r, _ in refs], size=size,
+                                         file_count=len(files))
+                files, revision_meta, partial = merged
+                size = sum(f.size for f in files)
             if self._already_published(repo_type, name, commit, refs):
                 cacheview.write_short_refs(self, repo_type, name)
                 return PublishResult(repo=name, repo_type=repo_type, commit=commit, created=False,
@@ -236,6 +250,7 @@ class Depot:
                         artifact=artifact,
                         size=size,
                         event_details=event_details or {},
+                        partial=partial,
                     )
                     failpoint("publish:before-commit")
             for ref, _kind in refs:
@@ -251,6 +266,20 @@ class Depot:
             file_count=len(files),
         )
 
+    def _merge_partial(self, repo_type, name, commit, files, revision_meta):
+        """(files, meta, still partial) for a partial publish, or None if already complete."""
+        with self.db.session() as s:
+            rev = s.scalar(select(Revision).join(Repo).where(
+                Repo.type == repo_type, Repo.name == name, Revision.commit == commit))
+            if rev is not None and rev.complete and not rev.partial:
+                return None
+            present = {f.path: FileRecord(f.path, f.size, f.sha256, f.git_sha1, f.lfs,
+                                          f.verification) for f in (rev.files if rev else [])}
+            meta = {**((rev.meta or {}) if rev else {}), **revision_meta}
+        present.update({f.path: f for f in files})
+        listed = {d["path"] for d in meta.get("listing", [])}
+        return [present[p] for p in sorted(present)], meta, not listed <= set(present)
+
     def _already_published(self, repo_type, name, commit, refs) -> bool:
         """True when the revision is complete and every ref already points at it (a no-op)."""
         with self.db.session() as s:
@@ -259,7 +288,7 @@ class Depot:
                 return False
             rev = s.scalar(select(Revision).where(Revision.repo_id == repo.id,
                                                   Revision.commit == commit))
-            if rev is None or not rev.complete:
+            if rev is None or not rev.complete or rev.partial:
                 return False
             current = {r.name: r.commit for r in repo.refs}
             if any(current.get(ref) != commit for ref, _ in refs):
@@ -270,7 +299,7 @@ class Depot:
         )
 
     def _record(self, s: Session, *, repo_type, name, commit, files, source, refs, parent_commit,
-                repo_fields, revision_meta, artifact, size, event_details) -> bool:
+                repo_fields, revision_meta, artifact, size, event_details, partial=False) -> bool:
         repo = s.scalar(select(Repo).where(Repo.type == repo_type, Repo.name == name))
         now = utcnow()
         if repo is None:
@@ -286,15 +315,17 @@ class Depot:
         s.flush()
 
         rev = s.scalar(select(Revision).where(Revision.repo_id == repo.id, Revision.commit == commit))
-        created = rev is None or not rev.complete
-        if rev is not None and not rev.complete:
+        created = rev is None or not rev.complete or rev.partial
+        first_seen = rev.created_at if rev is not None and rev.partial else now
+        if rev is not None and (not rev.complete or rev.partial):  # replaced by what it grew to
             s.delete(rev)
             s.flush()
             rev = None
         if rev is None:
             rev = Revision(
                 repo_id=repo.id, commit=commit, parent_commit=parent_commit, source=source,
-                complete=True, size=size, file_count=len(files), meta=revision_meta, created_at=now,
+                complete=True, size=size, file_count=len(files), meta=revision_meta,
+                created_at=first_seen, partial=partial,
             )
             s.add(rev)
             s.flush()
@@ -465,12 +496,13 @@ class Depot:
             stats = {}
             if repos:
                 ids = [r.id for r in repos]
-                for repo_id, n, size in s.execute(
-                    select(Revision.repo_id, func.count(), func.max(Revision.size))
+                for repo_id, n, size, partial in s.execute(
+                    select(Revision.repo_id, func.count(), func.max(Revision.size),
+                           func.sum(case((Revision.partial.is_(True), 1), else_=0)))
                     .where(Revision.repo_id.in_(ids), Revision.complete.is_(True))
                     .group_by(Revision.repo_id)
                 ):
-                    stats[repo_id] = (n, size)
+                    stats[repo_id] = (n, size, int(partial or 0))
             return [
                 {
                     "name": r.name,
@@ -481,6 +513,7 @@ class Depot:
                     "author": r.author,
                     "revisions": stats.get(r.id, (0, 0))[0],
                     "size": stats.get(r.id, (0, 0))[1] or 0,
+                    "partial_revisions": stats.get(r.id, (0, 0, 0))[2],
                     "downloads": r.downloads,
                     "served_downloads": r.served_downloads or 0,
                     "updated_at": iso_z(r.updated_at),
@@ -537,6 +570,7 @@ class Depot:
                     "lineage": lineage,
                     "derived": children.get(current.commit, []),
                     "files": [self._file_json(f) for f in current.files],
+                    **self._partial_json(current),
                 },
                 "revisions": [
                     {
@@ -549,10 +583,22 @@ class Depot:
                         "refs": [x["name"] for x in refs_by_commit.get(r.commit, [])],
                         "derived": children.get(r.commit, []),
                         "kind": r.artifact.kind if r.artifact else None,
+                        "partial": r.partial,
+                        "listed_files": len((r.meta or {}).get("listing", [])) if r.partial else r.file_count,
                     }
                     for r in revisions
                 ],
             }
+
+    @staticmethod
+    def _partial_json(rev: Revision) -> dict:
+        """A partial revision's state: which listed files are not in the store yet."""
+        if not rev.partial:
+            return {"partial": False, "missing_files": []}
+        have = {f.path for f in rev.files}
+        return {"partial": True, "missing_files": [
+            {k: d.get(k) for k in ("path", "size", "lfs", "sha256", "git_sha1")}
+            for d in (rev.meta or {}).get("listing", []) if d["path"] not in have]}
 
     # -- refs --------------------------------------------------------------------------------
 

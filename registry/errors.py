@@ -95,6 +95,17 @@ class Unavailable(DepotError):
     error_type = "Unavailable"
 
 
+class UpstreamUnavailable(Unavailable):
+    """The proxy's upstream cannot be reached right now; what is cached is still served."""
+
+    error_type = "UpstreamUnavailable"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    http_status = 504
+    error_type = "UpstreamTimeout"
+
+
 class SchemaError(DepotError):
     """The database schema cannot be used by this version of the code."""
 

@@ -338,9 +338,10 @@ def _resolve_url(endpoint: str, repo_type: str, name: str, commit: str, path: st
     return f"{endpoint}/{prefix}{name}/resolve/{commit}/{quote(path)}"
 
 
-def _repo_info(api, repo_type: str, name: str, revision: str | None, context: dict):
+def _repo_info(api, repo_type: str, name: str, revision: str | None, context: dict,
+               timeout: float | None = None):
     info = _call(api.repo_info, name, repo_type=repo_type, revision=revision,
-                 files_metadata=True, context=context)
+                 files_metadata=True, timeout=timeout, context=context)
     if not is_commit(getattr(info, "sha", None)):
         raise UpstreamError(
             f"{context['endpoint']} gave no commit id for {_repo_label(repo_type, name)}"
@@ -445,8 +446,17 @@ class _Cancelled(Exception):
 
 
 class _Puller:
+    """Verified, resumable downloads of one commit's files into the store.
+
+    ``listener`` (the proxy's streaming fetch) is told ``opened(tmp, have)`` when the partial file
+    is locked and holds ``have`` valid-looking bytes (again with 0 if the server ignored our
+    Range), and ``written(n)`` when the partial file holds ``n`` bytes on disk and
+    ``due(n)`` said it wants to hear, so readers can tail it while it grows; nothing is ever
+    registered from it before it verified.
+    """
+
     def __init__(self, depot: Depot, repo_type: str, name: str, commit: str, endpoint: str,
-                 token: str | None, progress: _Progress, lease=None):
+                 token: str | None, progress: _Progress, lease=None, listener=None):
         from huggingface_hub.utils import build_hf_headers
 
         self.depot, self.store = depot, depot.store
@@ -461,6 +471,7 @@ class _Puller:
         # Set when one download fails: the others stop at their next chunk (keeping their
         # partial files for a re-run) instead of finishing first.
         self.cancelled = threading.Event()
+        self.listener = listener
 
     def url(self, path: str) -> str:
         return _resolve_url(self.endpoint, self.repo_type, self.name, self.commit, path)
@@ -494,6 +505,8 @@ class _Puller:
             os.truncate(tmp, 0)
         if hasher is not None:
             _hash_into(tmp, hasher)
+        if self.listener is not None:
+            self.listener.opened(tmp, tmp.stat().st_size)
         stalled = 0
         while True:
             before = tmp.stat().st_size
@@ -547,7 +560,10 @@ class _Puller:
                 # The server ignored our Range: start over, hashing from the first byte.
                 mode, have = "wb", 0
                 hasher = _hasher_for(f)
+                if self.listener is not None:
+                    self.listener.opened(tmp, 0)
             got = have
+            listener = self.listener
             # Leaving the block, also by an exception, flushes every byte received to the file,
             # where a resume picks up. (Copying chunks into a buffer of our own first cost a
             # quarter of the wall time on 2 cores.)
@@ -563,17 +579,38 @@ class _Puller:
                         hasher.update(chunk)
                     self.progress.update(len(chunk))
                     got += len(chunk)
+                    if listener is not None and listener.due(got):
+                        out.flush()  # what readers tail must be on disk, not in our buffer
+                        listener.written(got)
         if f.size is not None and got < f.size:
             raise _Truncated(f"{f.path}: got {got} of {f.size} bytes")
         return hasher
 
     def known_digest(self, f: UpstreamFile) -> Digest:
-        """The digest of a blob already in the store, without reading it when we can."""
-        if f.lfs and f.size is not None:
-            return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
-        if f.lfs is False and f.git_sha1 and f.size is not None:
-            return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
-        return hash_file(self.store.blob_path(f.sha256))
+        return known_digest(self.store, f)
+
+
+def known_digest(store, f: UpstreamFile) -> Digest:
+    """The digest of a blob already in the store, without reading it when we can."""
+    if f.lfs and f.size is not None:
+        return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
+    if f.lfs is False and f.git_sha1 and f.size is not None:
+        return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
+    return hash_file(store.blob_path(f.sha256))
+
+
+def fetch_file(depot: Depot, repo_type: str, name: str, commit: str, f: UpstreamFile, *,
+               endpoint: str, token: str | None = None, listener=None, progress=None,
+               lease=None) -> FileRecord:
+    """Fetch one file of ``name@commit`` into the store, verified exactly as ``pull`` does
+    (the same resumable download), and return its record; nothing is registered here. The
+    blob is announced through ``lease`` (``Depot.writing()``) so ``gc`` keeps it until the
+    caller publishes it."""
+    puller = _Puller(depot, repo_type, name, commit, endpoint.rstrip("/"), token,
+                     _Progress(progress), lease, listener)
+    if f.sha256 and depot.store.claim_blob(f.sha256, f.size, lease):
+        return _record(f, known_digest(depot.store, f))
+    return _record(f, puller.download(f))
 
 
 @contextmanager
@@ -905,7 +942,7 @@ def _check_extends(depot: Depot, repo_type: str, name: str, commit: str,
         held = set(s.scalars(
             select(File.path).join(Revision).join(Repo).where(
                 Repo.type == repo_type, Repo.name == name, Revision.commit == commit,
-                Revision.complete.is_(True))
+                Revision.complete.is_(True), Revision.partial.is_(False))
         ))
     if not held:
         return

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from sqlalchemy import select
 
 from . import jsonsafe
-from .bundle import MAX_CONTAINERS, revision_entry, validate_revision
+from .bundle import MAX_CONTAINERS, refuse_partial, revision_entry, validate_revision
 from .depot import Depot
 from .errors import DepotError, IntegrityError, InvalidInput
 from .models import Artifact, Ref, Repo, Revision
@@ -72,6 +72,7 @@ def build_lock(depot: Depot, specs: Sequence[str], repo_type: str = "model") -> 
         for text in specs:
             spec = parse_spec(text)
             repo, rev = Depot.resolve_in(s, repo_type, spec.name, spec.revision)
+            refuse_partial(repo, rev, "lock")
             key = (repo.type, repo.name, rev.commit)
             entries.setdefault(key, _lock_entry(revision_entry(repo, rev), spec.revision))
     return {"format": LOCK_FORMAT, "entries": [entries[k] for k in sorted(entries)]}

@@ -6,6 +6,7 @@ models and the migrations drift apart.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,6 +111,9 @@ class Revision(Base):
     parent_commit: Mapped[Optional[str]] = mapped_column(String(40))
     source: Mapped[str] = mapped_column(String(16))  # import / pull / bundle / derived
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Known with its full file list (``meta["listing"]``) but only some files present: what a
+    # pull-through proxy records when clients ask for single files. ``pull`` completes it.
+    partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -124,6 +129,27 @@ class Revision(Base):
     artifact: Mapped[Optional["Artifact"]] = relationship(
         back_populates="revision", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def listed_files(self) -> list:
+        """Every file of the commit: the File rows, plus (for a partial revision) the files that
+        are listed upstream but not fetched yet, as ``ListedFile`` (same attributes, no blob)."""
+        if not self.partial:
+            return list(self.files)
+        present = {f.path: f for f in self.files}
+        return [present.get(d["path"]) or ListedFile(**d)
+                for d in (self.meta or {}).get("listing", [])]
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file of a partial revision that is known (size, hashes) but not in the store yet."""
+
+    path: str
+    size: int
+    lfs: bool
+    sha256: Optional[str] = None  # always known for LFS files
+    git_sha1: Optional[str] = None  # the Hub's blob id (of the LFS pointer, for LFS files)
 
 
 REF_KINDS = ("branch", "tag", "alias")

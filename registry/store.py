@@ -295,6 +295,7 @@ class Store:
         repo_blobs = repo_dir / "blobs"
         repo_blobs.mkdir(parents=True, exist_ok=True)
         (repo_dir / "refs").mkdir(exist_ok=True)
+        files = list(files)
         staging = self.tmp_path(f"snapshot-{commit}")
         staging.mkdir(parents=True)
         try:
@@ -316,7 +317,12 @@ class Store:
                 os.symlink("../" * (depth + 2) + f"blobs/{etag}", link)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
-                # Same commit id means the same content: keep what is there.
+                # Same commit id means the same content: keep what is there, and add what a
+                # partial revision (registry/proxy.py) did not have yet, one atomic rename each.
+                for path, *_rest in files:
+                    if not os.path.lexists(final / path):
+                        (final / path).parent.mkdir(parents=True, exist_ok=True)
+                        os.rename(staging / path, final / path)
                 shutil.rmtree(staging)
             else:
                 os.rename(staging, final)

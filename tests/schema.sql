@@ -149,7 +149,7 @@ CREATE TABLE revisions (
 	size BIGINT NOT NULL, 
 	file_count INTEGER NOT NULL, 
 	meta JSON NOT NULL, 
-	created_at DATETIME NOT NULL, 
+	created_at DATETIME NOT NULL, partial BOOLEAN DEFAULT 0 NOT NULL, 
 	CONSTRAINT pk_revisions PRIMARY KEY (id), 
 	CONSTRAINT fk_revisions_repo_id_repos FOREIGN KEY(repo_id) REFERENCES repos (id) ON DELETE CASCADE, 
 	CONSTRAINT uq_revisions_repo_id_commit UNIQUE (repo_id, "commit")

@@ -281,8 +281,9 @@ def test_list_filters_sorts_and_json(cli, models, tmp_path):
     sizes = [r["size"] for r in json.loads(cli("list", "--json", "--sort", "size").output)]
     assert sizes == sorted(sizes, reverse=True)
     row = json.loads(cli("list", "--json", "--search", "clf").output)[0]
-    assert set(row) == {"name", "type", "task", "library", "license", "author", "revisions", "size",
-                        "downloads", "served_downloads", "updated_at", "gated", "private"}
+    assert set(row) == {"name", "type", "task", "library", "license", "author", "revisions",
+                        "partial_revisions", "size", "downloads", "served_downloads", "updated_at",
+                        "gated", "private"}
     text = cli("list").output.splitlines()
     assert text[0].split() == ["REPO", "TASK", "LIBRARY", "REVS", "SIZE", "UPDATED"]
     assert cli("list", "--search", "nothing-like-this").output == "no repos match\n"

@@ -1,7 +1,7 @@
 """access control
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 18:34:29.417798
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '0004'
-down_revision: Union[str, None] = "0002"
+down_revision: Union[str, None] = '0003'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

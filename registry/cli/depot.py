@@ -87,7 +87,9 @@ def list_cmd(app, search, task, author, library, repo_type, sort, limit, as_json
                    else "the depot is empty; add a model with 'modeldepot import' or 'modeldepot pull'")
         return
     rows_out = [[r["name"] if r["type"] == "model" else f"datasets/{r['name']}", r["task"] or "-",
-                 r["library"] or "-", r["revisions"], human_size(r["size"]),
+                 r["library"] or "-",
+                 f"{r['revisions']} ({r['partial_revisions']} partial)" if r["partial_revisions"]
+                 else r["revisions"], human_size(r["size"]),
                  (r["updated_at"] or "")[:10]] for r in rows]
     headers = ["REPO", "TASK", "LIBRARY", "REVS", "SIZE", "UPDATED"]
     if sort == "downloads":
@@ -127,7 +129,8 @@ def show_cmd(app, spec, repo_type, as_json):
     click.echo(f"  disk use: {human_size(info['disk_use'])}")
     click.echo("\nrevisions:")
     click.echo(table(
-        [(r["commit"][:12], r["source"], ",".join(r["refs"]) or "-", r["files"],
+        [(r["commit"][:12], r["source"], ",".join(r["refs"]) or "-",
+          f"{r['files']}/{r['listed_files']} partial" if r["partial"] else r["files"],
           human_size(r["size"]), (r["parent_commit"] or "")[:12] or "-", r["created_at"][:19])
          for r in info["revisions"]],
         ["COMMIT", "SOURCE", "REFS", "FILES", "SIZE", "PARENT", "CREATED"],
@@ -141,10 +144,17 @@ def show_cmd(app, spec, repo_type, as_json):
     if rev["recipe"]:
         r = rev["recipe"]
         click.echo("  recipe: " + ", ".join(f"{k}={r[k]}" for k in sorted(r) if not isinstance(r[k], (dict, list))))
+    if rev["partial"]:
+        click.echo(f"  partial: {len(rev['files'])} of {len(rev['files']) + len(rev['missing_files'])}"
+                   f" files present; 'modeldepot pull {repo['name']}@{rev['commit'][:12]}"
+                   + ("' --type dataset" if repo["type"] == "dataset" else "'")
+                   + " fetches the rest")
     # "computed": upstream gave no hash to check against, so the sha256 is of what arrived
     click.echo(table(
         [(f["path"], human_size(f["size"]), "lfs" if f["lfs"] else "", f["sha256"],
-          f["verification"]) for f in rev["files"]],
+          f["verification"]) for f in rev["files"]]
+        + [(f["path"], human_size(f["size"]), "lfs" if f["lfs"] else "", f["sha256"] or "-",
+            "not fetched") for f in rev["missing_files"]],
         ["PATH", "SIZE", "LFS", "SHA256", "CHECK"],
     ))
 

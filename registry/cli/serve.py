@@ -31,11 +31,23 @@ from .access import auth_options, serve_auth_options
               type=click.IntRange(min=1), help="Token budget of one forward pass (padded).")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
               help="Inputs that may wait per model; beyond it requests get 429.")
+@click.option("--proxy", "proxy_url", is_flag=False, flag_value="", default=None, metavar="[URL]",
+              help="Pull-through cache: fetch what the depot lacks from URL (default: the "
+              "endpoint, MODELDEPOT_ENDPOINT), verify, store and serve it. Env: MODELDEPOT_PROXY.")
+@click.option("--proxy-token", help="The token the proxy uses upstream (clients' tokens are "
+              "never forwarded). Env: MODELDEPOT_PROXY_TOKEN, else the depot's token.")
+@click.option("--proxy-ttl", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Re-resolve a branch or tag upstream at most this often [default: 300]. "
+              "Env: MODELDEPOT_PROXY_TTL.")
+@click.option("--proxy-allow", multiple=True, metavar="PATTERN",
+              help="Only proxy repos matching (org/*, datasets/org/*); repeatable.")
+@click.option("--proxy-deny", multiple=True, metavar="PATTERN",
+              help="Never proxy repos matching; wins over --proxy-allow; repeatable.")
 @serve_auth_options
 @pass_app
 def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, no_ui, preload,
               only_registered, memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens,
-              max_queue, **access):
+              max_queue, proxy_url, proxy_token, proxy_ttl, proxy_allow, proxy_deny, **access):
     """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
     from ..server.run import serve
     from ..server.app import ServeOptions
@@ -47,7 +59,16 @@ def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, no_ui, prel
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
         max_batch_tokens=max_batch_tokens, max_queue=max_queue, auth=auth,
     )
-    serve(app.settings, options, host=host, port=port, ssl_context=ssl_context)
+    settings = app.settings.with_(**{k: v for k, v in {
+        "proxy": proxy_url, "proxy_token": proxy_token, "proxy_ttl": proxy_ttl}.items()
+        if v is not None})
+    if settings.proxy_upstream is not None:
+        from ..proxy import ProxyConfig
+
+        options.proxy = ProxyConfig(
+            upstream=settings.proxy_upstream, token=settings.proxy_token or settings.token,
+            ttl=settings.proxy_ttl, allow=tuple(proxy_allow), deny=tuple(proxy_deny))
+    serve(settings, options, host=host, port=port, ssl_context=ssl_context)
 
 
 def register(group: click.Group) -> None:

@@ -33,6 +33,8 @@ class ServeOptions:
     public_url: str | None = None
     # access control and the access audit (registry.auth.AuthOptions); None: neither
     auth: object | None = None
+    # `--proxy`: a pull-through cache in front of this upstream (registry/proxy.ProxyConfig)
+    proxy: object | None = None
 
 
 def create_app(settings: Settings, options: ServeOptions | None = None) -> web.Application:
@@ -52,6 +54,10 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> web.A
         from . import inference_api
 
         inference_api.setup(app)
+    if options.hub_api and options.proxy is not None:
+        from . import proxy
+
+        proxy.setup(app, options.proxy)
     if options.ui:
         from . import ui
 

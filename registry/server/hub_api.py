@@ -215,7 +215,7 @@ def _served(files) -> list[File]:
 
 
 def _tree_entries(revision: Revision, path: str, recursive: bool, expand: bool) -> list[dict]:
-    files = _served(revision.files)
+    files = _served(revision.listed_files)
     prefix = f"{path}/" if path else ""
     if path and not any(f.path.startswith(prefix) for f in files):
         raise EntryNotFound(f"{path!r} is not a folder of {revision.commit}",
@@ -249,7 +249,7 @@ def _file_entry(f: File) -> dict:
 
 
 def _paths_info(revision: Revision, paths: list[str], expand: bool) -> list[dict]:
-    files = {f.path: f for f in _served(revision.files)}
+    files = {f.path: f for f in _served(revision.listed_files)}
     tree_ids = None
     out = []
     for p in paths:
@@ -354,7 +354,7 @@ def _api_call(depot: Depot, repo_type: str, targets: list[Target], params: dict)
         if action == "refs":
             return _refs_json(repo, params["include_prs"]), None
         if action in ("info", "revision"):
-            body = _repo_json(repo, revision, _served(revision.files), blobs=params["blobs"])
+            body = _repo_json(repo, revision, _served(revision.listed_files), blobs=params["blobs"])
             if params["expand"]:
                 body = _only_expanded(body, params["expand"])
             return body, None
