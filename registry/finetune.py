@@ -429,12 +429,15 @@ def _existing(depot: Depot, plan: FinetunePlan) -> dict | None:
             return None
         artifact, rev = row
         commit, recipe = rev.commit, dict(artifact.recipe)
+        files = [FileRecord(f.path, f.size, f.sha256, f.git_sha1, f.lfs, f.verification)
+                 for f in rev.files]
         ref_commit = s.scalar(
             select(Ref.commit).join(Repo, Repo.id == Ref.repo_id)
             .where(Repo.type == "model", Repo.name == plan.repo, Ref.name == plan.ref))
     ref_moved = ref_commit != commit
-    if ref_moved:
-        depot.tag("model", plan.repo, commit, plan.ref)
+    if ref_moved:  # asked again under a ref that points elsewhere: the ref moves, as publish does
+        depot.publish(repo_type="model", name=plan.repo, commit=commit, files=files,
+                      source="derived", refs=[_ref(plan.ref)], parent_commit=plan.base_commit)
     return {"repo": plan.repo, "commit": commit, "ref": plan.ref, "created": False,
             "ref_moved": ref_moved, "recipe_key": plan.recipe_key, "recipe": recipe}
 
@@ -475,7 +478,7 @@ def _finetune_locked(depot: Depot, plan: FinetunePlan, progress: Progress,
                    "dataset": {"repo": plan.dataset, "commit": plan.dataset_commit}}
         published = depot.publish(
             repo_type="model", name=plan.repo, commit=commit, files=files, source="derived",
-            refs=[(plan.ref, "branch" if plan.ref == "main" else "alias")],
+            refs=[_ref(plan.ref)],
             parent_commit=plan.base_commit, repo_fields=fields,
             revision_meta={**meta, "derived": derived},
             artifact={"kind": "finetune", "recipe_key": plan.recipe_key, "recipe": recipe},
@@ -487,6 +490,11 @@ def _finetune_locked(depot: Depot, plan: FinetunePlan, progress: Progress,
         shutil.rmtree(work, ignore_errors=True)
     return {"repo": plan.repo, "commit": published.commit, "ref": plan.ref,
             "created": published.created, "recipe_key": plan.recipe_key, "recipe": recipe}
+
+
+def _ref(name: str) -> tuple[str, str]:
+    """``main`` is the repo's branch (what clients load by default); other refs are aliases."""
+    return name, "branch" if name == "main" else "alias"
 
 
 @contextmanager
