@@ -170,10 +170,11 @@ def test_its_int8_onnx_export_answers_the_seed_sentence(minilm):
     r = _invoke(minilm["home"], "run", TUNED, "--int8", "--json", SEED_SENTENCE)
     assert r.exit_code == 0, r.output
     answer = json.loads(r.output)
-    out = answer["output"] if isinstance(answer, dict) else answer
-    assert out[0]["label"] == "POSITIVE" and out[0]["score"] > 0.8, answer
-    # the export's lineage runs through the fine-tune to the base model
     show = json.loads(_invoke(minilm["home"], "show", f"{TUNED}@onnx", "--json").output)
+    assert (answer["backend"], answer["precision"]) == ("onnx", "int8")
+    assert answer["answered_by"] == show["revision"]["commit"]
+    assert answer["outputs"][0]["label"] == "POSITIVE" and answer["outputs"][0]["score"] > 0.8
+    # the export's lineage runs through the fine-tune to the base model
     assert show["revision"]["lineage"] == [minilm["show"]["revision"]["commit"], minilm["base"]]
 
 
