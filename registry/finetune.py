@@ -155,7 +155,7 @@ def plan_finetune(
                            f"can take ({limit} positions)")
     hyper = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "seed": seed,
              "max_length": max_length, "weight_decay": 0.0, "warmup_ratio": 0.0,
-             "lr_scheduler": "linear", "optimizer": "adamw_torch",
+             "lr_scheduler": "linear", "optimizer": "adamw_torch_fused",
              "lora": ({**LORA_DEFAULTS, **lora} if lora is not None else None)}
     plan = FinetunePlan(
         task=task, base=base, base_commit=base_commit, base_snapshot=snapshot,

@@ -79,7 +79,7 @@ def test_minilm_fine_tune_is_accurate_and_its_recipe_names_both_sources(minilm):
     assert recipe["hyperparameters"] == {
         "epochs": 2, "learning_rate": 1e-4, "batch_size": 16, "seed": 42, "max_length": 128,
         "weight_decay": 0.0, "warmup_ratio": 0.0, "lr_scheduler": "linear",
-        "optimizer": "adamw_torch", "lora": None}
+        "optimizer": "adamw_torch_fused", "lora": None}
     assert recipe["labels"] == ["NEGATIVE", "POSITIVE"]
     assert recipe["rows"] == {"train": 315, "eval": 100}
     assert recipe["versions"]["transformers"] == metadata.version("transformers")
