@@ -344,6 +344,8 @@ def test_killed_mid_training_leaves_nothing_visible_and_rerun_completes(tiny, de
              "--repo", "org/ft", "--epochs", "3", "--batch-size", "4", "--threads", "1")
     assert r.exit_code == 0, r.output
     assert r.output.startswith("fine-tuned org/enc@")
+    assert re.search(r"\n  held-out accuracy: \d\.\d{4} on 10% of train, held out \(2 rows; "
+                     r"loss \d+\.\d{4}\)\n", r.output), r.output
     assert depot.resolve("model", "org/ft")["commit"]
 
 

@@ -97,7 +97,7 @@ def finetune_cmd(app, base, dataset_spec, task, target, ref, text_column, label_
                    f"{result['commit']} (ref {ref}); nothing trained{moved}")
         return
     m, rows, data = recipe["metrics"], recipe["rows"], recipe["dataset"]
-    evaluated = data["eval_split"] or f"held out of {data['split']}"
+    evaluated = data["eval_split"] or f"{data['eval_holdout']:.0%} of {data['split']}, held out"
     click.echo(f"fine-tuned {source} ({recipe['task']}): {result['repo']} {ref} -> "
                f"{result['commit']}")
     click.echo(f"  labels: {', '.join(recipe['labels'])}")
