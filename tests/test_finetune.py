@@ -402,3 +402,19 @@ def test_a_base_that_cannot_take_the_head_is_refused(cli, depot, models, data_di
     assert r.output == ("Error: org/tokens is a dataset repo; the base of a fine-tune is a model "
                         "(give the data with --dataset)\n")
     assert depot.inventory() == before
+
+
+def test_the_same_recipe_in_two_depots_gives_the_same_bytes(tiny, depot, tmp_path, models,
+                                                             data_dirs):
+    """Seeds, one thread and a card without timing: the revision id (a hash of every file's
+    sha256) comes out the same in a second depot."""
+    other = tmp_path / "other"
+    assert tiny("--home", other, "import", models.get("encoder"), "--repo", "org/enc").exit_code == 0
+    assert tiny("--home", other, "import", data_dirs["strings"], "--repo", "org/strings",
+                "--type", "dataset").exit_code == 0
+    args = ["--dataset", "org/strings", "--label-column", "sentiment", "--repo", "org/ft",
+            "--json"]
+    first = json.loads(_tune(tiny, *args).output)
+    second = json.loads(tiny("--home", other, "finetune", "org/enc", *TINY, *args).output)
+    assert second["created"] is True and second["commit"] == first["commit"]
+    assert second["recipe"]["metrics"] == first["recipe"]["metrics"]
