@@ -154,9 +154,9 @@ def recipe_key(inputs: dict, parent_commit: str) -> str:
     return hashlib.sha256(f"{canonical}\0{parent_commit}".encode()).hexdigest()
 
 
-def tool_versions() -> dict[str, str | None]:
+def tool_versions(dists: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for dist in VERSIONED:
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -230,7 +230,7 @@ def plan_export(
                 raise InvalidInput(f"{name} is a {other} repo; ONNX export works on model repos")
             raise RepoNotFound(f"model repo {name!r} is not in the depot; see 'modeldepot list'")
         repo, rev = depot.resolve_in(s, "model", name, revision)
-        if rev.artifact is not None:
+        if rev.artifact is not None and rev.artifact.kind == "onnx":
             raise InvalidInput(
                 f"{name}@{rev.commit[:12]} is itself a derived ({rev.artifact.kind}) revision; "
                 f"export its source instead: {name}@{rev.parent_commit}"

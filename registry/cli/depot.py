@@ -137,7 +137,12 @@ def show_cmd(app, spec, repo_type, as_json):
     ))
     click.echo(f"\nfiles of {rev['commit']}"
                + (f" (refs: {', '.join(r['name'] for r in rev['refs'])})" if rev["refs"] else ""))
-    if rev["lineage"]:
+    from ..finetune import lineage_lines
+
+    trained = lineage_lines(rev["recipe"])
+    for line in trained:
+        click.echo(f"  {line}")
+    if rev["lineage"] and not trained:
         click.echo(f"  derived from: {' <- '.join(c[:12] for c in rev['lineage'])}")
     if rev["derived"]:
         click.echo(f"  derived revisions: {', '.join(c[:12] for c in rev['derived'])}")
