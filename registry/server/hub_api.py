@@ -585,8 +585,10 @@ async def api_handler(request: web.Request) -> web.Response:
         readings = parse_api(tail)
         post = request.method == "POST"
         targets = [t for t in readings if (t.action == "paths-info") == post]
-        if readings and not targets:  # a known route, the other method
-            raise http.method_not_allowed(request, {"GET"} if post else {"POST"})
+        if readings and (not targets or request.method not in ("GET", "HEAD", "POST")):
+            # a known route, another method: paths-info is POST only, the rest GET (and HEAD)
+            allowed = {"POST"} if any(t.action == "paths-info" for t in readings) else {"GET"}
+            raise http.method_not_allowed(request, allowed)
         form = await http.read_form(request) if post else {}
         paths = form.getall("paths", []) if form else []
         expand = request.query.getall("expand", [])
@@ -615,6 +617,8 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
         if "/resolve/" in raw.split("?", 1)[0]:
             return error_response(RepoNotFound("not a valid repo id: use org/name"))
         await http.not_found_or_405(request, request.match_info.route.resource)
+    if request.method not in ("GET", "HEAD"):
+        raise http.method_not_allowed(request, {"GET"})
     depot: Depot = request.app[DEPOT]
     try:
         commit, f = await asyncio.to_thread(_find_file, depot, repo_type, targets)
@@ -638,7 +642,7 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/{kind:models|datasets}", list_handler)
-    app.router.add_get("/api/{kind:models|datasets}/{tail:.+}", api_handler)  # and HEAD
-    app.router.add_post("/api/{kind:models|datasets}/{tail:.+}", api_handler)
+    # Every method, so the handlers answer 405 with the exact Allow of each path.
+    app.router.add_route("*", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
     # Last: the most general route (``org/name/resolve/...`` and ``datasets/...``).
-    app.router.add_get("/{tail:.+}", resolve_handler)
+    app.router.add_route("*", "/{tail:.+}", resolve_handler)
