@@ -52,7 +52,7 @@ def _list_op(kind: str) -> dict:
         _query("search", {"type": "string"}, "Substring of the repo id."),
         _query("author", {"type": "string"}),
         _query("filter", {"type": "string"}, "A tag, library, pipeline tag or license:<id>."),
-        _query("sort", {"enum": sorted(SORTS)}),
+        _query("sort", {"enum": sorted(SORTS) + [""]}, "Empty: by id."),
         _query("direction", {"type": "string"}, "-1 for descending."),
         _query("limit", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
                f"At most {PAGE_SIZE} are returned."),
@@ -98,9 +98,11 @@ def _repo_ops(kind: str) -> dict:
         f"{base}/paths-info/{{revision}}": {"post": {
             "summary": "Entries for the given paths (get_paths_info).",
             "parameters": REPO + [REVISION],
-            "requestBody": {"required": True, "content": {
+            "requestBody": {"required": False, "content": {  # no body: no paths, []
                 "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
-                    "paths": {"type": "array", "items": {"type": "string"}},
+                    # form fields: one path, or the field repeated
+                    "paths": {"anyOf": [{"type": "string"},
+                                        {"type": "array", "items": {"type": "string"}}]},
                     "expand": FLAG}}}}},
             "responses": {"200": _ok("Entries (unknown paths are left out).",
                                      {"type": "array", "items": ENTRY}),
