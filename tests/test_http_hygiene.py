@@ -99,6 +99,19 @@ def test_unexpected_failure_is_a_json_500_without_its_text(site, monkeypatch):
     assert "secret" not in json.dumps(headers)
 
 
+def test_inference_failure_is_the_same_500_without_its_text(site, monkeypatch):
+    from registry.inference.service import InferenceService
+
+    async def boom(*_a, **_k):
+        raise KeyError("secret detail /etc/shadow")
+
+    monkeypatch.setattr(InferenceService, "apredict", boom)
+    status, headers, body = raw(site, "POST", "/models/org/m", {"Content-Type": "application/json"},
+                                b'{"inputs": "hello"}')
+    assert (status, json.loads(body)) == (500, {
+        "error": "internal error: the server log has the details", "error_type": "InternalError"})
+
+
 def test_running_out_of_descriptors_is_503_not_404(site, monkeypatch):
     from registry.server import files
 

@@ -8,7 +8,8 @@
 Answers have the transformers pipeline's shapes. Models load on first use (``--models`` loads
 some at start-up), stay loaded within ``--memory-budget-mb``, and concurrent requests to a model
 are batched. Errors are JSON ``{"error", "error_type"}`` with a 4xx status (429/503 when
-overloaded); an unexpected failure is a 500 with the same shape, and the server keeps serving.
+overloaded); an unexpected failure is a 500 with the same shape (from ``http.errors``, without
+the exception's text), and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -51,9 +52,8 @@ def json_errors(handler):
                           "shorter inputs per request", "RequestEntityTooLarge")
         except web.HTTPException as e:
             return _error(e.status, e.reason, type(e).__name__.removeprefix("HTTP"))
-        except Exception as e:
-            log.exception("inference request failed")
-            return _error(500, f"internal error: {type(e).__name__}: {e}", "InternalError")
+        # Anything else: the app's one error middleware (http.errors) logs it and answers a
+        # 500 (503 when out of resources) that carries no exception text.
 
     return wrapped
 
