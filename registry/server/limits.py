@@ -149,8 +149,6 @@ class GuardedServer(Server):
         self.max_connections = max_connections
         self.open_connections = 0
         self.per_client: collections.Counter[str] = collections.Counter()
-        self.closed_by_timeout: collections.Counter[str] = collections.Counter()
-        self.refused_connections = 0
         self._sweep_handle = self._loop.call_later(SWEEP_S, self._sweep)
 
     def __call__(self) -> GuardedHandler:
@@ -167,7 +165,6 @@ class GuardedServer(Server):
             self.open_connections += 1
             self.per_client[handler._client] += 1
             return None
-        self.refused_connections += 1
         return why
 
     def release(self, handler: GuardedHandler) -> None:
@@ -179,9 +176,7 @@ class GuardedServer(Server):
     def _sweep(self) -> None:
         now = self._loop.time()
         for handler, transport in list(self._connections.items()):
-            reason = handler.overdue(now, self.options)
-            if reason is not None:
-                self.closed_by_timeout[reason] += 1
+            if handler.overdue(now, self.options) is not None:
                 transport.abort()
         self._sweep_handle = self._loop.call_later(SWEEP_S, self._sweep)
 

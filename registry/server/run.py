@@ -22,14 +22,10 @@ def serve(settings: Settings, options: ServeOptions, host: str = "127.0.0.1", po
     access = AccessLogWriter(http.access_log) if http.access_log else None
 
     async def main() -> None:
-        extra = {}
-        if access is not None:
-            # aiohttp calls the access logger only when given a logger; ours ignores it.
-            extra = {"access_log_class": access_log_class(access),
-                     "access_log": web.access_logger}
-        else:
-            extra = {"access_log": None}
-        runner = GuardedRunner(app, http, max_connections, **extra)
+        # aiohttp calls an access logger only when given a logger too; ours writes JSON lines.
+        log_args = ({"access_log_class": access_log_class(access), "access_log": web.access_logger}
+                    if access is not None else {"access_log": None})
+        runner = GuardedRunner(app, http, max_connections, **log_args)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
