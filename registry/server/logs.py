@@ -9,7 +9,7 @@ Lines are handed to one writer thread through a bounded queue, so a slow disk ne
 event loop and memory stays bounded: when the queue is full, lines are dropped and counted, and
 the count is written as ``{"dropped": N}`` once there is room again.
 
-Error log (stderr): the same message (logger and format string) is written at most
+Error log (stderr): the same message (logger, format string, exception type) is written at most
 ``RATE_LIMIT`` times per ``RATE_WINDOW_S``; the rest are counted and the count is reported with
 the next one that passes. Running out of descriptors made the accept loop log one traceback per
 attempt (132 MiB in 30 s).
@@ -109,7 +109,8 @@ class RateLimit(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg)[:200])
+        exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key = (record.name, record.levelno, str(record.msg)[:200], exc_type)
         now = time.monotonic()
         with self._lock:
             state = self._seen.get(key)
