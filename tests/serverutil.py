@@ -67,12 +67,14 @@ def running_server(
     env: dict | None = None,
     port: int | None = None,
     timeout: float = 120.0,
+    preexec_fn=None,
 ) -> Iterator[str]:
     """Run ``modeldepot --home HOME serve --port PORT *extra_args``; yield its base URL.
 
     ``env`` entries are added to (and override) the current environment; a value of ``None``
     removes the variable. The server's stderr is kept in ``HOME/../serve-PORT.log`` so a failing
-    test can show it.
+    test can show it. ``preexec_fn`` runs in the child before the server (e.g. to lower its
+    open-file limit).
     """
     port = port or free_port()
     full_env = dict(os.environ)
@@ -88,7 +90,7 @@ def running_server(
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "--home", str(home), "serve", "--port", str(port),
              *map(str, extra_args)],
-            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
         )
         url = f"http://127.0.0.1:{port}"
         try:

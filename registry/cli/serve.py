@@ -4,8 +4,44 @@ from __future__ import annotations
 
 import click
 
+from ..server.options import HttpOptions
 from ._common import pass_app
 from .access import auth_options, serve_auth_options
+
+DEFAULTS = HttpOptions()
+
+
+def http_options(f):
+    """Timeouts, connection limits, the access log and allowed Host headers (HttpOptions)."""
+    seconds = click.FloatRange(min=0.1)
+    for option in reversed([
+        click.option("--header-timeout", default=DEFAULTS.header_timeout,
+                     show_default=True, type=seconds,
+                     help="Seconds a client may take to send a request's headers."),
+        click.option("--body-timeout", default=DEFAULTS.body_timeout,
+                     show_default=True, type=seconds,
+                     help="Seconds a request body may stall."),
+        click.option("--idle-timeout", default=DEFAULTS.idle_timeout,
+                     show_default=True, type=seconds,
+                     help="Seconds a kept-alive connection may wait for its next request."),
+        click.option("--write-timeout", default=DEFAULTS.write_timeout,
+                     show_default=True, type=seconds,
+                     help="Seconds a response may make no progress (the client stopped reading)."),
+        click.option("--max-connections", type=click.IntRange(min=1),
+                     help="Open connections in all [default: from the open-file limit, "
+                     "at most 8192]; beyond it, 503."),
+        click.option("--max-connections-per-client",
+                     default=DEFAULTS.max_connections_per_client, show_default=True,
+                     type=click.IntRange(min=0), help="Open connections per client address "
+                     "(0: no limit); beyond it, 503."),
+        click.option("--access-log", metavar="PATH|-",
+                     help="Write a JSON line per request to PATH (- for stdout)."),
+        click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+                     help="A Host header to use in absolute links (repeatable); others get "
+                     "the address the client connected to. --public-url overrides both."),
+    ]):
+        f = option(f)
+    return f
 
 
 @click.command("serve")
@@ -44,20 +80,26 @@ from .access import auth_options, serve_auth_options
 @click.option("--proxy-deny", multiple=True, metavar="PATTERN",
               help="Never proxy repos matching; wins over --proxy-allow; repeatable.")
 @serve_auth_options
+@http_options
 @pass_app
 def serve_cmd(app, host, port, public_url, no_hub_api, no_inference, no_ui, preload,
               only_registered, memory_budget_mb, max_batch_size, max_wait_ms, max_batch_tokens,
-              max_queue, proxy_url, proxy_token, proxy_ttl, proxy_allow, proxy_deny, **access):
+              max_queue, proxy_url, proxy_token, proxy_ttl, proxy_allow, proxy_deny, **more):
     """Serve the depot: Hub API for HF clients (HF_ENDPOINT=http://HOST:PORT) and inference."""
     from ..server.run import serve
     from ..server.app import ServeOptions
 
+    access_keys = ("auth_mode", "admin_contact", "token_rate_limit", "max_auth_failures",
+                   "no_audit", "tls_cert", "tls_key")
+    access = {k: more.pop(k) for k in access_keys}
+    http = more
     auth, ssl_context = auth_options(host, **access)
     options = ServeOptions(
         hub_api=not no_hub_api, inference=not no_inference, ui=not no_ui, preload=list(preload),
         only_registered=only_registered, memory_budget_mb=memory_budget_mb,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, public_url=public_url,
         max_batch_tokens=max_batch_tokens, max_queue=max_queue, auth=auth,
+        http=HttpOptions(**{**http, "allowed_hosts": list(http["allowed_hosts"])}),
     )
     settings = app.settings.with_(**{k: v for k, v in {
         "proxy": proxy_url, "proxy_token": proxy_token, "proxy_ttl": proxy_ttl}.items()

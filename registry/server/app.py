@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..depot import Depot
+from .options import HttpOptions
 
 SETTINGS = web.AppKey("settings", Settings)
 DEPOT = web.AppKey("depot", Depot)
@@ -29,12 +30,14 @@ class ServeOptions:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_batch_tokens: int = 16384
-    # the base URL clients use, for absolute Link headers; None: taken from each request
+    # the base URL clients use, for absolute Link headers; None: see http.public_base
     public_url: str | None = None
     # access control and the access audit (registry.auth.AuthOptions); None: neither
     auth: object | None = None
     # `--proxy`: a pull-through cache in front of this upstream (registry/proxy.ProxyConfig)
     proxy: object | None = None
+    # timeouts, connection limits, access log, allowed Host headers (registry/server/http.py)
+    http: HttpOptions = field(default_factory=HttpOptions)
 
 
 def create_app(settings: Settings, options: ServeOptions | None = None) -> web.Application:
@@ -43,9 +46,11 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> web.A
     app[SETTINGS] = settings
     app[DEPOT] = Depot(settings)
     app[OPTIONS] = options
-    from . import ops
+    from . import http, openapi, ops
 
-    ops.setup(app)
+    ops.setup(app)  # middlewares, outermost first: see registry/server/http.py
+    http.setup(app)
+    openapi.setup(app)
     if options.auth is not None:
         from . import auth_mw
 

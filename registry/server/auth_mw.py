@@ -229,6 +229,22 @@ def _measure(response: web.StreamResponse, entry: dict, ac: AccessControl) -> No
     position just past the last byte the kernel took, also when the client went away mid-way.
     """
     sent: list[int] = []
+    if hasattr(response, "sent_bytes"):  # files.BlobResponse counts what it sent itself
+        orig = response.prepare
+
+        async def prepare_blob(request):
+            try:
+                writer = await orig(request)
+            except BaseException:
+                ac.record({**entry, "status": response.status, "bytes_sent": response.sent_bytes,
+                           "outcome": "aborted"})
+                raise
+            ac.record({**entry, "status": response.status, "bytes_sent": response.sent_bytes,
+                       "outcome": "ok"})
+            return writer
+
+        response.prepare = prepare_blob
+        return
     orig_sendfile = getattr(response, "_sendfile", None)
     if orig_sendfile is not None:
         async def sendfile(request, fobj, offset, count):
@@ -325,7 +341,8 @@ async def access_control(request: web.Request, handler):
     if not audited:
         return response
     entry["commit"] = response.headers.get("X-Repo-Commit")
-    if route.kind == "download" and isinstance(response, web.FileResponse):
+    if route.kind == "download" and (isinstance(response, web.FileResponse)
+                                     or hasattr(response, "sent_bytes")):
         _measure(response, entry, ac)
     else:
         ac.record({**entry, "status": response.status, "bytes_sent": 0, "outcome": "ok"})

@@ -30,12 +30,15 @@ from ..errors import (
 from ..models import File, Ref, Repo, Revision
 from ..naming import COMMIT_RE, REF_RE, validate_repo_id
 from ..store import git_blob_sha1, in_git_dir, lfs_pointer
-from . import client_compat
+from . import client_compat, http
 from .app import DEPOT, OPTIONS
 from .auth_mw import viewer_of
+from .files import BlobResponse
+from .http import error_response
 
 PAGE_SIZE = 1000
 TREE_PAGE_SIZE = 1000
+MAX_OFFSET = 2**53  # far past any listing, well inside every database's integer
 API_ACTIONS = ("revision", "tree", "refs", "paths-info", "commits")
 TYPES = {"models": "model", "datasets": "dataset"}
 SORTS = {
@@ -524,23 +527,9 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _error_headers(e: DepotError) -> dict:
-    message = " ".join(str(e).split()).encode("ascii", "replace").decode()[:500]
-    headers = {"X-Error-Message": message}
-    if e.hub_code:
-        headers["X-Error-Code"] = e.hub_code
-    if e.details.get("commit"):
-        headers["X-Repo-Commit"] = e.details["commit"]
-    return headers
-
-
-def error_response(e: DepotError) -> web.Response:
-    return web.json_response(e.to_json(), status=e.http_status, headers=_error_headers(e))
-
-
 def _next_link(request: web.Request, cursor: int) -> str:
-    public = getattr(request.app.get(OPTIONS), "public_url", None)
-    base = public.rstrip("/") if public else f"{request.scheme}://{request.host}"
+    options = request.app[OPTIONS]
+    base = http.public_base(request, options.public_url, options.http.allowed_hosts)
     query = [(k, v) for k, v in request.query.items() if k != "cursor"] + [("cursor", str(cursor))]
     return f'<{base}{request.rel_url.raw_path}?{urlencode(query)}>; rel="next"'
 
@@ -558,8 +547,8 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int | Non
         value = int(raw)
     except ValueError:
         raise InvalidInput(f"{name} must be an integer, got {raw[:40]!r}") from None
-    if value < 0:
-        raise InvalidInput(f"{name} must be >= 0")
+    if not 0 <= value <= MAX_OFFSET:
+        raise InvalidInput(f"{name} must be between 0 and {MAX_OFFSET}")
     return min(value, maximum) if maximum else value
 
 
@@ -607,12 +596,14 @@ async def api_handler(request: web.Request) -> web.Response:
     raw = request.raw_path.split("?", 1)[0]
     tail = raw[len(f"/api/{kind}/"):]
     try:
-        targets = parse_api(tail)
-        if request.method == "POST":
-            targets = [t for t in targets if t.action == "paths-info"]
-        else:
-            targets = [t for t in targets if t.action != "paths-info"]
-        form = await request.post() if request.method == "POST" else {}
+        readings = parse_api(tail)
+        post = request.method == "POST"
+        targets = [t for t in readings if (t.action == "paths-info") == post]
+        if readings and (not targets or request.method not in ("GET", "HEAD", "POST")):
+            # a known route, another method: paths-info is POST only, the rest GET (and HEAD)
+            allowed = {"POST"} if any(t.action == "paths-info" for t in readings) else {"GET"}
+            raise http.method_not_allowed(request, allowed)
+        form = await http.read_form(request) if post else {}
         paths = form.getall("paths", []) if form else []
         expand = request.query.getall("expand", [])
         params = {
@@ -638,30 +629,15 @@ async def api_handler(request: web.Request) -> web.Response:
     return _page_response(request, body, more)
 
 
-class BlobResponse(web.FileResponse):
-    """aiohttp's sendfile-based FileResponse, with the content-addressed ETag upstream uses
-    instead of its mtime-based one (clients name cache blobs after it)."""
-
-    def __init__(self, path, content_etag: str, **kwargs):
-        super().__init__(path, **kwargs)
-        self._content_etag = content_etag
-
-    @property
-    def etag(self):
-        return super().etag
-
-    @etag.setter
-    def etag(self, _value) -> None:
-        web.StreamResponse.etag.fset(self, self._content_etag)
-
-
 async def resolve_handler(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path
     repo_type, targets = parse_resolve(raw.lstrip("/"))
     if not targets:
         if "/resolve/" in raw.split("?", 1)[0]:
             return error_response(RepoNotFound("not a valid repo id: use org/name"))
-        raise web.HTTPNotFound()
+        await http.not_found_or_405(request, request.match_info.route.resource)
+    if request.method not in ("GET", "HEAD"):
+        raise http.method_not_allowed(request, {"GET"})
     depot: Depot = request.app[DEPOT]
     try:
         commit, f = await asyncio.to_thread(_find_file, depot, repo_type, targets)
@@ -685,16 +661,15 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     }
     if f.lfs:
         headers["X-Linked-Etag"] = f'"{etag}"'
-    inm = request.headers.get("If-None-Match")
-    if inm and etag in {t.strip().removeprefix("W/").strip('"') for t in inm.split(",")}:
-        return web.Response(status=304, headers={**headers, "ETag": f'"{etag}"'})
-    return BlobResponse(path, etag, headers=headers)
+    write_timeout = request.app[OPTIONS].http.write_timeout
+    return await BlobResponse(path, etag, f.size, headers=headers,
+                              write_timeout=write_timeout).open()
 
 
 def setup(app: web.Application) -> None:
     client_compat.setup(app)
     app.router.add_get("/api/{kind:models|datasets}", list_handler)
-    app.router.add_route("GET", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
-    app.router.add_route("POST", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
+    # Every method, so the handlers answer 405 with the exact Allow of each path.
+    app.router.add_route("*", "/api/{kind:models|datasets}/{tail:.+}", api_handler)
     # Last: the most general route (``org/name/resolve/...`` and ``datasets/...``).
-    app.router.add_get("/{tail:.+}", resolve_handler)
+    app.router.add_route("*", "/{tail:.+}", resolve_handler)

@@ -3,19 +3,19 @@
     POST /models/{repo_id}[@rev]            {"inputs": ..., "parameters": {...}, "options": {...}}
     POST /pipeline/{task}/{repo_id}[@rev]   the same, with the task chosen
     POST /v1/embeddings                     {"model": "org/name", "input": "text" | ["...", ...]}
-    GET  /openapi.json, GET /docs
+    (its OpenAPI paths: openapi_spec(), served with the others by openapi.py)
 
 Answers have the transformers pipeline's shapes. Models load on first use (``--models`` loads
 some at start-up), stay loaded within ``--memory-budget-mb``, and concurrent requests to a model
 are batched. Errors are JSON ``{"error", "error_type"}`` with a 4xx status (429/503 when
-overloaded); an unexpected failure is a 500 with the same shape, and the server keeps serving.
+overloaded); an unexpected failure is a 500 with the same shape (from ``http.errors``, without
+the exception's text), and the server keeps serving.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import html
 import json
 import logging
 
@@ -52,9 +52,8 @@ def json_errors(handler):
                           "shorter inputs per request", "RequestEntityTooLarge")
         except web.HTTPException as e:
             return _error(e.status, e.reason, type(e).__name__.removeprefix("HTTP"))
-        except Exception as e:
-            log.exception("inference request failed")
-            return _error(500, f"internal error: {type(e).__name__}: {e}", "InternalError")
+        # Anything else: the app's one error middleware (http.errors) logs it and answers a
+        # 500 (503 when out of resources) that carries no exception text.
 
     return wrapped
 
@@ -225,35 +224,6 @@ def openapi_spec() -> dict:
     }
 
 
-async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec())
-
-
-async def docs_handler(request: web.Request) -> web.Response:
-    """The spec as one self-contained page: an air-gapped browser cannot fetch Swagger UI."""
-    spec = openapi_spec()
-    parts = [f"<h1>{html.escape(spec['info']['title'])}</h1>",
-             f"<p>{html.escape(spec['info']['description'])}</p>",
-             '<p>Machine-readable: <a href="openapi.json">openapi.json</a></p>']
-    for path, methods in spec["paths"].items():
-        for method, op in methods.items():
-            parts.append(f"<h2><code>{method.upper()} {html.escape(path)}</code></h2>")
-            parts.append(f"<p>{html.escape(op['summary'])}</p>")
-            schema = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
-                      .get("schema", {}))
-            if "example" in schema:
-                parts.append("<p>Example body:</p><pre>"
-                             + html.escape(json.dumps(schema["example"], indent=2)) + "</pre>")
-            rows = "".join(f"<tr><td>{code}</td><td>{html.escape(r['description'])}</td></tr>"
-                           for code, r in op["responses"].items())
-            parts.append(f"<table><tr><th>status</th><th>meaning</th></tr>{rows}</table>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>modeldepot inference API"
-            "</title><style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-            "pre{background:#f4f4f4;padding:1em}td,th{text-align:left;padding:.2em 1em}</style>"
-            "</head><body>" + "".join(parts) + "</body></html>")
-    return web.Response(text=page, content_type="text/html")
-
-
 async def _close(app: web.Application) -> None:
     await app[INFERENCE].close()
 
@@ -278,5 +248,3 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/models/{repo_id:.+}", predict_handler)
     app.router.add_post("/pipeline/{task}/{repo_id:.+}", predict_handler)
     app.router.add_post("/v1/embeddings", embeddings_handler)
-    app.router.add_get("/openapi.json", openapi_handler)
-    app.router.add_get("/docs", docs_handler)
