@@ -1,7 +1,9 @@
 """Engine and session factory, SQLite pragmas, and migrate-on-open.
 
-This is the only module that knows about SQLite specifics; everything else speaks plain
-SQLAlchemy so that the same code runs against PostgreSQL.
+This is the only module that knows about the database engine (SQLite or PostgreSQL); everything
+else speaks plain SQLAlchemy so that the same code runs against both. On PostgreSQL the
+migrate-on-open runs under an advisory lock (several hosts may start at once); on SQLite under a
+file lock next to the database.
 """
 
 from __future__ import annotations
@@ -44,8 +46,20 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
 
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def is_postgresql(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+# The advisory-lock key of migrate-on-open (any fixed 64-bit number; see registry/locks.py).
+MIGRATE_LOCK_NAME = "migrate"
+
+
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
         )
@@ -135,16 +149,20 @@ class Database:
         if migrate:
             self.ensure_schema()
 
+    @property
+    def is_postgresql(self) -> bool:
+        return is_postgresql(self.url)
+
     def ensure_schema(self) -> None:
-        """Upgrade to head under an inter-process lock; refuse a database newer than the code."""
-        from .store import file_lock
+        """Upgrade to head under a lock all hosts share; refuse a database newer than the code."""
+        from .locks import lock_for
 
         if self._stored_version() == SCHEMA_HEAD:
             return
         status = schema_status(self.engine)
         if status["up_to_date"]:
             return
-        with file_lock(self.settings.locks_dir / "migrate.lock"):
+        with lock_for(self.settings, self)(MIGRATE_LOCK_NAME):
             upgrade(self.engine, self.url)
 
     def _stored_version(self) -> str | None:
@@ -173,3 +191,11 @@ class Database:
         with _engines_lock:
             _engines.pop(self.url, None)
         self.engine.dispose()
+
+
+def dispose_engines(url: str) -> None:
+    """Close this process's pooled connections to ``url`` (before dropping a database)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()

@@ -472,7 +472,9 @@ class _Puller:
         """Fetch ``f`` into the store (resuming a partial file), verified; its digest."""
         self.store.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.temp_name(f)
-        with _exclusive(tmp):
+        # The partial file's flock keeps this home's pulls of one file apart; on a shared
+        # registry the blob lock also keeps other hosts' pulls of it apart (fetched once).
+        with self.depot.lock_blob(f.sha256), _exclusive(tmp):
             try:
                 return self._download_locked(f, tmp)
             finally:
