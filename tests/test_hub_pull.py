@@ -143,7 +143,7 @@ def pull(depot, upstream, name="org/clf", rev=None, **kw):
     return pull(depot, kw.pop("repo_type", "model"), name, rev, endpoint=upstream["url"], **kw)
 
 
-def test_pull_verifies_records_metadata_and_reports_progress(depot, upstream):
+def test_pull_verifies_records_metadata_and_reports_progress(backend, depot, upstream):
     class Progress:
         def __init__(self):
             self.total, self.bytes, self.files = None, 0, []
@@ -410,7 +410,7 @@ def test_search_and_info_against_another_depot(upstream, cli):
         in r.output
 
 
-def test_concurrent_pulls_into_one_depot(depot, upstream):
+def test_concurrent_pulls_into_one_depot(backend, depot, upstream):
     from concurrent.futures import ThreadPoolExecutor
 
     from registry.depot import Depot
@@ -427,7 +427,7 @@ def test_concurrent_pulls_into_one_depot(depot, upstream):
 
 
 @pytest.mark.parametrize("window", ["publish:start", "publish:after-snapshot"])
-def test_gc_during_pull_keeps_what_the_pull_holds(depot, upstream, window):
+def test_gc_during_pull_keeps_what_the_pull_holds(backend, depot, upstream, window):
     from registry import faults
     from registry.depot import Depot
 
