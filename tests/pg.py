@@ -170,3 +170,20 @@ def backend(request, monkeypatch) -> str:
         url = request.getfixturevalue("pg_url")
         monkeypatch.setenv("MODELDEPOT_DB_URL", url)
     return request.param
+
+
+def hosts(pg_url: str, root: Path, n: int = 2):
+    """Settings of ``n`` "hosts": their own MODELDEPOT_HOME each, one PostgreSQL registry, and
+    one blob directory (host 0's, linked from the others: a shared blob store stand-in)."""
+    from registry.config import Settings
+
+    out = []
+    for i in range(n):
+        s = Settings.from_env(home=root / f"host{i}", db_url=pg_url)
+        if i:
+            s.blobs_dir.parent.parent.mkdir(parents=True, exist_ok=True)
+            s.blobs_dir.parent.symlink_to(out[0].blobs_dir.parent, target_is_directory=True)
+        else:
+            s.blobs_dir.mkdir(parents=True, exist_ok=True)
+        out.append(s)
+    return out
