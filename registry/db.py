@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .errors import SchemaError
+from .errors import InvalidInput, SchemaError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration. Checked against migrations/ by tests/test_schema.py; knowing it here lets
@@ -52,6 +52,13 @@ def is_sqlite(url: str) -> bool:
 
 def is_postgresql(url: str) -> bool:
     return url.startswith("postgresql")
+
+
+def check_registry_url(url: str) -> None:
+    """Refuse a database URL modeldepot does not run on, before connecting to it."""
+    if not (is_sqlite(url) or is_postgresql(url)):
+        raise InvalidInput(f"unsupported registry URL {url!r}: use sqlite:///PATH or "
+                           "postgresql+psycopg://USER@HOST/DB")
 
 
 # The advisory-lock key of migrate-on-open (any fixed 64-bit number; see registry/locks.py).
@@ -138,6 +145,7 @@ class Database:
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
         self.url = settings.database_url
+        check_registry_url(self.url)
         if self.url.startswith("sqlite:///"):
             Path(self.url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         with _engines_lock:
@@ -183,6 +191,19 @@ class Database:
                         yield session
             finally:
                 conn.info["write"] = False
+
+    def after_bulk_insert(self, session: Session, tables) -> None:
+        """After rows were inserted with their primary keys given (``db copy``): move
+        PostgreSQL's id sequences past them. SQLite picks max(rowid) + 1 by itself."""
+        if not self.is_postgresql:
+            return
+        for table in tables:
+            for col in table.primary_key.columns:
+                if col.autoincrement is True or (col.autoincrement == "auto"
+                                                 and col.type.python_type is int):
+                    session.execute(text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col.name}'), "
+                        f"COALESCE((SELECT MAX({col.name}) FROM {table.name}), 0) + 1, false)"))
 
     def table_names(self) -> list[str]:
         return inspect(self.engine).get_table_names()
