@@ -15,10 +15,11 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .errors import InvalidInput, SchemaError
+from .errors import InvalidInput, SchemaError, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration. Checked against migrations/ by tests/test_schema.py; knowing it here lets
@@ -167,11 +168,17 @@ class Database:
 
         if self._stored_version() == SCHEMA_HEAD:
             return
-        status = schema_status(self.engine)
-        if status["up_to_date"]:
-            return
-        with lock_for(self.settings, self)(MIGRATE_LOCK_NAME):
-            upgrade(self.engine, self.url)
+        try:
+            status = schema_status(self.engine)
+            if status["up_to_date"]:
+                return
+            with lock_for(self.settings, self)(MIGRATE_LOCK_NAME):
+                upgrade(self.engine, self.url)
+        except OperationalError as e:  # the server is down, refuses us, or the database is gone
+            reason = str(e.orig or e).strip().splitlines()[0]
+            raise Unavailable(f"cannot open the registry database "
+                              f"{self.engine.url.render_as_string(hide_password=True)}: {reason}"
+                              ) from None
 
     def _stored_version(self) -> str | None:
         try:

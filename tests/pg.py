@@ -9,6 +9,7 @@ missing server fails the tests that need it; elsewhere they are skipped with the
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -136,6 +137,7 @@ def cluster() -> PgCluster:
                 _failure = f"PostgreSQL is not installed ({PG_BIN / 'initdb'} missing)"
             else:
                 _cluster = _start_cluster(Path(tempfile.mkdtemp(prefix="md-pg-")))
+                atexit.register(shutdown)  # also when the session ends without its fixtures
         except (subprocess.CalledProcessError, KeyError, OSError) as e:
             detail = getattr(e, "stderr", "") or str(e)
             _failure = f"could not start PostgreSQL: {detail.strip()}"

@@ -108,3 +108,14 @@ def test_a_dead_writers_advisory_lease_protects_nothing(pg_url, tmp_path, models
     gc = Depot(sa).gc()
     assert gc["blobs"] == 7
     assert list(sb.blobs_dir.glob("*/*")) == []
+
+
+def test_an_unreachable_registry_is_one_line(cli, monkeypatch):
+    from pg import _free_port
+
+    url = f"postgresql+psycopg://modeldepot@127.0.0.1:{_free_port()}/none"
+    monkeypatch.setenv("MODELDEPOT_DB_URL", url)
+    r = cli("list")
+    assert r.exit_code == 1
+    assert r.output.startswith(f"Error: cannot open the registry database {url}: connection failed")
+    assert r.output.count("\n") == 1 and "Connection refused" in r.output
