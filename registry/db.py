@@ -212,6 +212,11 @@ class Database:
                         f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col.name}'), "
                         f"COALESCE((SELECT MAX({col.name}) FROM {table.name}), 0) + 1, false)"))
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (after a bulk load; both engines know ANALYZE)."""
+        with self.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+
     def table_names(self) -> list[str]:
         return inspect(self.engine).get_table_names()
 

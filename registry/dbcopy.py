@@ -126,6 +126,7 @@ def copy_depot(src: Depot, dst: Depot, progress=None) -> CopyReport:
     with dst.writing() as lease:
         report.blobs_copied = copy_blobs(src, dst, lease)
         report.copied = copy_registry(src, dst, progress)
+    dst.db.analyze()  # a bulk load leaves PostgreSQL without statistics until autovacuum runs
     src_rows, dst_rows = row_counts(src), row_counts(dst)
     if src_rows != dst_rows:
         extra = {t: (src_rows[t], dst_rows[t]) for t in src_rows if src_rows[t] != dst_rows[t]}
