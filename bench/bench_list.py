@@ -59,7 +59,7 @@ def populate(depot: Depot, n: int, seed: int = 0) -> None:
                             (Ref, refs)]:
             for k in range(0, len(rows), 5000):
                 s.execute(insert(model), rows[k:k + 5000])
-    with depot.db.engine.connect() as conn:
+    with depot.db.engine.begin() as conn:  # committed: PostgreSQL's statistics are transactional
         conn.exec_driver_sql("ANALYZE")
 
 

@@ -1,7 +1,9 @@
 """Engine and session factory, SQLite pragmas, and migrate-on-open.
 
-This is the only module that knows about SQLite specifics; everything else speaks plain
-SQLAlchemy so that the same code runs against PostgreSQL.
+This is the only module that knows about the database engine (SQLite or PostgreSQL); everything
+else speaks plain SQLAlchemy so that the same code runs against both. On PostgreSQL the
+migrate-on-open runs under an advisory lock (several hosts may start at once); on SQLite under a
+file lock next to the database.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .errors import SchemaError
+from .errors import InvalidInput, SchemaError, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration. Checked against migrations/ by tests/test_schema.py; knowing it here lets
@@ -44,8 +47,27 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
 
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def is_postgresql(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def check_registry_url(url: str) -> None:
+    """Refuse a database URL modeldepot does not run on, before connecting to it."""
+    if not (is_sqlite(url) or is_postgresql(url)):
+        raise InvalidInput(f"unsupported registry URL {url!r}: use sqlite:///PATH or "
+                           "postgresql+psycopg://USER@HOST/DB")
+
+
+# The advisory-lock key of migrate-on-open (any fixed 64-bit number; see registry/locks.py).
+MIGRATE_LOCK_NAME = "migrate"
+
+
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
         )
@@ -124,6 +146,7 @@ class Database:
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
         self.url = settings.database_url
+        check_registry_url(self.url)
         if self.url.startswith("sqlite:///"):
             Path(self.url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         with _engines_lock:
@@ -135,17 +158,27 @@ class Database:
         if migrate:
             self.ensure_schema()
 
+    @property
+    def is_postgresql(self) -> bool:
+        return is_postgresql(self.url)
+
     def ensure_schema(self) -> None:
-        """Upgrade to head under an inter-process lock; refuse a database newer than the code."""
-        from .store import file_lock
+        """Upgrade to head under a lock all hosts share; refuse a database newer than the code."""
+        from .locks import lock_for
 
         if self._stored_version() == SCHEMA_HEAD:
             return
-        status = schema_status(self.engine)
-        if status["up_to_date"]:
-            return
-        with file_lock(self.settings.locks_dir / "migrate.lock"):
-            upgrade(self.engine, self.url)
+        try:
+            status = schema_status(self.engine)
+            if status["up_to_date"]:
+                return
+            with lock_for(self.settings, self)(MIGRATE_LOCK_NAME):
+                upgrade(self.engine, self.url)
+        except OperationalError as e:  # the server is down, refuses us, or the database is gone
+            reason = str(e.orig or e).strip().splitlines()[0]
+            raise Unavailable(f"cannot open the registry database "
+                              f"{self.engine.url.render_as_string(hide_password=True)}: {reason}"
+                              ) from None
 
     def _stored_version(self) -> str | None:
         try:
@@ -166,6 +199,24 @@ class Database:
             finally:
                 conn.info["write"] = False
 
+    def after_bulk_insert(self, session: Session, tables) -> None:
+        """After rows were inserted with their primary keys given (``db copy``): move
+        PostgreSQL's id sequences past them. SQLite picks max(rowid) + 1 by itself."""
+        if not self.is_postgresql:
+            return
+        for table in tables:
+            for col in table.primary_key.columns:
+                if col.autoincrement is True or (col.autoincrement == "auto"
+                                                 and col.type.python_type is int):
+                    session.execute(text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col.name}'), "
+                        f"COALESCE((SELECT MAX({col.name}) FROM {table.name}), 0) + 1, false)"))
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (after a bulk load; both engines know ANALYZE)."""
+        with self.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+
     def table_names(self) -> list[str]:
         return inspect(self.engine).get_table_names()
 
@@ -173,3 +224,11 @@ class Database:
         with _engines_lock:
             _engines.pop(self.url, None)
         self.engine.dispose()
+
+
+def dispose_engines(url: str) -> None:
+    """Close this process's pooled connections to ``url`` (before dropping a database)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()

@@ -9,6 +9,7 @@ garbage that ``gc`` removes.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -28,7 +29,8 @@ from . import cacheview, names
 from .config import Settings
 from .db import Database
 from .faults import failpoint
-from .lease import Leases
+from .lease import leases_for
+from .locks import lock_for
 from .errors import Conflict, IntegrityError, InvalidInput, RepoNotFound, RevisionNotFound
 from .models import Artifact, Blob, DepotInfo, Event, File, Ref, Repo, Revision, utcnow
 from .naming import (
@@ -42,7 +44,6 @@ from .store import (
     Store,
     check_relpath,
     etag_for,
-    file_lock,
     git_blob_sha1,
     hash_file,
     lfs_pointer,
@@ -111,9 +112,12 @@ class Depot:
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
         self.store = Store(settings)
-        self.leases = Leases(settings.locks_dir)
         settings.home.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings, migrate=migrate)
+        # Locks and leases hold across every process sharing the registry: this home's processes
+        # on SQLite, every host on PostgreSQL (registry/locks.py, registry/lease.py).
+        self.lock = lock_for(settings, self.db)
+        self.leases = leases_for(settings, self.db)
 
     # -- identity and the audit log ----------------------------------------------------------
 
@@ -159,7 +163,18 @@ class Depot:
 
     def blobs_lock(self):
         """Held while blobs are checked-and-registered (publish) or deleted (rm, gc)."""
-        return file_lock(self.settings.locks_dir / "blobs.lock")
+        return self.lock("blobs")
+
+    def lock_blob(self, sha256: str | None):
+        """Held while one blob is fetched into the store. Across hosts only (PostgreSQL): within
+        one home the fetch's partial file is its own lock (registry/hub.py)."""
+        if sha256 and self.db.is_postgresql:
+            return self.lock(f"blob-{sha256}")
+        return contextlib.nullcontext()
+
+    def repo_lock(self, repo_type: str, name: str):
+        """Held while a repo's revisions, refs and HF-cache view change."""
+        return self.lock(repo_folder_name(repo_type, name))
 
     def writing(self):
         """A writer's lease (``with depot.writing() as lease``): what it announces through it
@@ -206,7 +221,7 @@ class Depot:
         size = sum(f.size for f in files)
 
         failpoint("publish:start")
-        with self.writing() as lease, self.store.repo_lock(repo_type, name):
+        with self.writing() as lease, self.repo_lock(repo_type, name):
             with self.db.session() as s:
                 names.refuse_former_name(s, repo_type, name)
             if partial:
@@ -604,7 +619,7 @@ class Depot:
 
     def tag(self, repo_type: str, name: str, rev: str | None, alias: str) -> dict:
         validate_ref_name(alias)
-        with self.store.repo_lock(repo_type, name):
+        with self.repo_lock(repo_type, name):
             with self.db.session(write=True) as s:
                 repo, revision = self.resolve_in(s, repo_type, name, rev)
                 ref = s.scalar(select(Ref).where(Ref.repo_id == repo.id, Ref.name == alias))
@@ -625,7 +640,7 @@ class Depot:
         return {"repo": name, "alias": alias, "commit": commit, "previous": previous}
 
     def untag(self, repo_type: str, name: str, alias: str) -> dict:
-        with self.store.repo_lock(repo_type, name):
+        with self.repo_lock(repo_type, name):
             with self.db.session(write=True) as s:
                 repo = self.get_repo(s, repo_type, name)
                 ref = s.scalar(select(Ref).where(Ref.repo_id == repo.id, Ref.name == alias))
@@ -648,7 +663,7 @@ class Depot:
 
     def rm(self, repo_type: str, name: str, rev: str | None = None, dry_run: bool = False) -> dict:
         """Remove one revision (``rev``) or the whole repo; blobs still used elsewhere stay."""
-        with self.store.repo_lock(repo_type, name), self.blobs_lock(), \
+        with self.repo_lock(repo_type, name), self.blobs_lock(), \
                 self.leases.frozen(prune=not dry_run) as claims:
             with self.db.session(write=not dry_run) as s:
                 repo = self.get_repo(s, repo_type, name)

@@ -40,7 +40,6 @@ from .errors import Conflict, InvalidInput, RepoNotFound, ValidationFailed
 from .importer import is_lfs, task_from_architectures
 from .models import Artifact, Ref, Repo, Revision
 from .naming import validate_ref_name
-from .store import file_lock
 
 RECIPE_FORMAT = 1
 TASKS = (
@@ -350,7 +349,7 @@ def export_onnx(
     if done is not None:
         return done
     # One export per recipe at a time: a second identical request waits, then finds the first.
-    with file_lock(depot.settings.locks_dir / f"export-{plan.recipe_key[:32]}.lock"):
+    with depot.lock(f"export-{plan.recipe_key[:32]}"):
         done = _existing(depot, plan)
         if done is not None:
             return done

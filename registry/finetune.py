@@ -409,7 +409,7 @@ def finetune(depot: Depot, base: str, base_revision: str | None = None, *, datas
     done = _existing(depot, plan)
     if done is not None:
         return done
-    with file_lock(depot.settings.locks_dir / f"finetune-{plan.recipe_key[:32]}.lock"):
+    with depot.lock(f"finetune-{plan.recipe_key[:32]}"):
         done = _existing(depot, plan)
         if done is not None:
             return done

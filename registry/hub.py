@@ -486,7 +486,9 @@ class _Puller:
         """Fetch ``f`` into the store (resuming a partial file), verified; its digest."""
         self.store.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.temp_name(f)
-        with _exclusive(tmp):
+        # The partial file's flock keeps this home's pulls of one file apart; on a shared
+        # registry the blob lock also keeps other hosts' pulls of it apart (fetched once).
+        with self.depot.lock_blob(f.sha256), _exclusive(tmp):
             try:
                 return self._download_locked(f, tmp)
             finally:
@@ -892,7 +894,7 @@ def _pull(depot: Depot, repo_type: str, name: str, revision: str | None, *, endp
         except Conflict:
             pass  # ``asked_for`` is a repo of its own here: it keeps its own answers
     if is_short_id_of(revision, commit):
-        with depot.store.repo_lock(repo_type, name):
+        with depot.repo_lock(repo_type, name):
             write_short_refs(depot, repo_type, name, extra=(revision,))
     return PullResult(
         **dataclasses.asdict(result),

@@ -53,7 +53,7 @@ def add_repo_name(depot, repo_type: str, repo_id: str, former_id: str,
     if former_id == repo_id:
         raise InvalidInput(f"{former_id!r} is the repo's own id, not a former name")
     label = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
-    with depot.store.repo_lock(repo_type, former_id):
+    with depot.repo_lock(repo_type, former_id):
         with depot.db.session(write=True) as s:
             repo = depot.get_repo(s, repo_type, repo_id)
             if s.scalar(select(Repo.id).where(Repo.type == repo_type, Repo.name == former_id)):
@@ -79,7 +79,7 @@ def add_repo_name(depot, repo_type: str, repo_id: str, former_id: str,
 def remove_repo_name(depot, repo_type: str, former_id: str) -> dict:
     validate_repo_type(repo_type)
     validate_repo_id(former_id)
-    with depot.store.repo_lock(repo_type, former_id):
+    with depot.repo_lock(repo_type, former_id):
         with depot.db.session(write=True) as s:
             row = s.scalar(select(RepoName).where(RepoName.type == repo_type,
                                                   RepoName.name == former_id))

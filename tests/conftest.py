@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from registry import netguard
+from pg import backend, pg_url, shutdown as _stop_postgresql  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD_DIR = Path(__file__).resolve().parent / "guard"
@@ -53,8 +54,15 @@ def guard_log(socket_guard):
     return read
 
 
+@pytest.fixture(scope="session", autouse=True)
+def postgresql_session():
+    """Stops the session's PostgreSQL (started on first use by tests/pg.py) at the end."""
+    yield
+    _stop_postgresql()
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch, request):
     home = tmp_path / "home"
     monkeypatch.setenv("MODELDEPOT_HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -64,6 +72,8 @@ def isolated(tmp_path, monkeypatch):
                 "MODELDEPOT_DEBUG", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
                 "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE", "MODELDEPOT_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    if "backend" in request.fixturenames:
+        request.getfixturevalue("backend")  # sets MODELDEPOT_DB_URL before any depot opens
     return home
 
 

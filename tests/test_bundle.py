@@ -76,9 +76,11 @@ def source(tmp_path_factory, models):
                            data=data, manifest=manifest, blobs=blobs)
 
 
-def test_round_trip_via_cli(cli, source, tmp_path, guard_log):
+def test_round_trip_via_cli(backend, cli, source, tmp_path, guard_log):
+    """From the module's SQLite depot A into depot B on each registry backend."""
     out, b = tmp_path / "x.bundle", tmp_path / "b"
-    r = cli("--home", source.home, "bundle", "create", out, "--all")
+    on_a = {"MODELDEPOT_DB_URL": None}  # depot A is the module's, on SQLite whatever B is on
+    r = cli("--home", source.home, "bundle", "create", out, "--all", env=on_a)
     assert r.exit_code == 0, r.output
     nblobs = len(source.blobs)
     assert r.output == (f"wrote {out}: 2 revision(s) of 1 repo(s), {nblobs} blob(s), "
@@ -96,7 +98,7 @@ def test_round_trip_via_cli(cli, source, tmp_path, guard_log):
     r = cli("--home", b, "bundle", "import", out)
     assert (r.exit_code, r.output) == (0, "already present, nothing changed: 2 revision(s) from x.bundle\n")
 
-    inv_a = json.loads(cli("--home", source.home, "inventory").output)
+    inv_a = json.loads(cli("--home", source.home, "inventory", env=on_a).output)
     inv_b = json.loads(cli("--home", b, "inventory").output)
     assert inv_a["depot_id"] != inv_b["depot_id"]
     assert (inv_b["blobs"], inv_b["revisions"]) == (inv_a["blobs"], inv_a["revisions"])

@@ -68,7 +68,7 @@ def registry_state(cli) -> tuple:
 # -- import and the HF-cache view -------------------------------------------------------------
 
 
-def test_import_loads_offline_by_repo_id_alias_and_commit(cli, models, home):
+def test_import_loads_offline_by_repo_id_alias_and_commit(backend, cli, models, home):
     src = models.get("classifier")
     r = cli("import", src, "--repo", "org/clf", "--json")
     assert r.exit_code == 0, r.output
@@ -189,7 +189,7 @@ def test_import_killed_at_a_failpoint_leaves_nothing_visible(cli, cli_subprocess
     assert json.loads(cli("gc", "--json", "--dry-run").output)["bytes_freed"] == 0
 
 
-def test_import_killed_by_a_signal_midway(cli, cli_subprocess, home, tmp_path):
+def test_import_killed_by_a_signal_midway(backend, cli, cli_subprocess, home, tmp_path):
     """A real SIGKILL at an arbitrary moment during a long import."""
     src = tmp_path / "big"
     src.mkdir()
@@ -216,7 +216,7 @@ def test_import_killed_by_a_signal_midway(cli, cli_subprocess, home, tmp_path):
     assert list((home / "tmp").iterdir()) == []
 
 
-def test_concurrent_imports_of_overlapping_models(cli, models, home, tmp_path):
+def test_concurrent_imports_of_overlapping_models(backend, cli, models, home, tmp_path):
     a = models.get("classifier")
     b = tmp_path / "b"
     shutil.copytree(a, b)
@@ -240,7 +240,7 @@ def test_concurrent_imports_of_overlapping_models(cli, models, home, tmp_path):
 # -- verify ----------------------------------------------------------------------------------
 
 
-def test_verify_reports_a_flipped_byte_with_repo_revision_and_path(cli, models, home):
+def test_verify_reports_a_flipped_byte_with_repo_revision_and_path(backend, cli, models, home):
     src = models.get("classifier")
     commit = json.loads(cli("import", src, "--repo", "org/clf", "--json").output)["commit"]
     show = json.loads(cli("show", "org/clf", "--json").output)
@@ -289,7 +289,7 @@ def test_list_filters_sorts_and_json(cli, models, tmp_path):
     assert cli("list", "--search", "nothing-like-this").output == "no repos match\n"
 
 
-def test_show_tag_untag_rm(cli, models, tmp_path, home):
+def test_show_tag_untag_rm(backend, cli, models, tmp_path, home):
     src = models.get("classifier")
     c1 = json.loads(cli("import", src, "--repo", "org/clf", "--json").output)["commit"]
     v2 = tmp_path / "v2"
@@ -331,7 +331,7 @@ def test_show_tag_untag_rm(cli, models, tmp_path, home):
     assert actions == ["rm", "rm", "untag", "tag", "tag", "import", "import"]
 
 
-def test_gc_removes_unreferenced_blobs_and_dead_temp_files(cli, models, home, depot):
+def test_gc_removes_unreferenced_blobs_and_dead_temp_files(backend, cli, models, home, depot):
     cli("import", models.get("classifier"), "--repo", "org/clf")
     kept = depot.store.ingest_file(models.get("classifier") / "vocab.txt")  # referenced by org/clf
     orphan_tmp = home / "tmp" / "999999999-deadbeef-partial"

@@ -42,7 +42,7 @@ def assert_whole(depot: Depot, name: str, runs: list) -> None:
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-def test_gc_during_import_keeps_the_writers_blobs_and_snapshot(depot, models, window):
+def test_gc_during_import_keeps_the_writers_blobs_and_snapshot(backend, depot, models, window):
     runs: list = []
     with gc_in_window(depot.settings, window, runs):
         result = import_dir(depot, models.get("classifier"), "org/clf")
@@ -99,7 +99,7 @@ def test_a_dead_writers_lease_protects_nothing(cli, cli_subprocess, models, home
     assert list((home / "blobs" / "sha256").glob("*/*")) == []
 
 
-def test_gc_in_another_process_waits_for_nothing_and_respects_the_lease(depot, models, home):
+def test_gc_in_another_process_waits_for_nothing_and_respects_the_lease(backend, depot, models, home):
     """The lease is read across processes: a gc subprocess runs while this process is inside
     the window, and leaves the writer's snapshot alone."""
     outputs: list = []

@@ -143,7 +143,7 @@ def pull(depot, upstream, name="org/clf", rev=None, **kw):
     return pull(depot, kw.pop("repo_type", "model"), name, rev, endpoint=upstream["url"], **kw)
 
 
-def test_pull_verifies_records_metadata_and_reports_progress(depot, upstream):
+def test_pull_verifies_records_metadata_and_reports_progress(backend, depot, upstream):
     class Progress:
         def __init__(self):
             self.total, self.bytes, self.files = None, 0, []
@@ -410,7 +410,7 @@ def test_search_and_info_against_another_depot(upstream, cli):
         in r.output
 
 
-def test_concurrent_pulls_into_one_depot(depot, upstream):
+def test_concurrent_pulls_into_one_depot(backend, depot, upstream):
     from concurrent.futures import ThreadPoolExecutor
 
     from registry.depot import Depot
@@ -427,7 +427,7 @@ def test_concurrent_pulls_into_one_depot(depot, upstream):
 
 
 @pytest.mark.parametrize("window", ["publish:start", "publish:after-snapshot"])
-def test_gc_during_pull_keeps_what_the_pull_holds(depot, upstream, window):
+def test_gc_during_pull_keeps_what_the_pull_holds(backend, depot, upstream, window):
     from registry import faults
     from registry.depot import Depot
 
@@ -438,3 +438,26 @@ def test_gc_during_pull_keeps_what_the_pull_holds(depot, upstream, window):
     assert runs[0]["blobs"] == 0 and runs[0]["stray_views"] == 0
     report = depot.verify()
     assert report["problems"] == [] and report["ok"]
+
+
+def test_two_hosts_pull_the_same_repo_at_once(pg_url, upstream, tmp_path):
+    """Two homes (hosts) on one PostgreSQL registry and one blob store pull org/clf at the same
+    moment: both succeed, the LFS file is fetched once, and both verify clean."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from pg import hosts
+    from registry.depot import Depot
+
+    a, b = (Depot(s) for s in hosts(pg_url, tmp_path))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda d: pull(d, upstream), [a, b]))
+    assert {r.commit for r in results} == {upstream["clf"]}
+    assert sorted(r.created for r in results) == [False, True]
+    assert len(upstream["faults"].gets("model.safetensors")) == 1
+    stored = sorted(p.name for p in a.settings.blobs_dir.glob("*/*"))
+    assert stored == sorted(a.inventory()["blobs"])  # each blob once, in the shared store
+    for d in (a, b):
+        report = d.verify()
+        assert report["problems"] == [] and report["ok"]
+        assert Path(d.resolve("model", "org/clf")["snapshot"], "config.json").is_file()

@@ -404,6 +404,26 @@ def db_status(app, as_json):
                f"(head {status['head']}): {state}")
 
 
+@db_group.command("copy")
+@click.option("--to", "to_url", required=True, metavar="URL",
+              help="the target registry, e.g. postgresql+psycopg://user@host/db or sqlite:////path")
+@json_option
+@pass_app
+def db_copy(app, to_url, as_json):
+    """Copy this depot's registry (and blobs) to another database, verified; re-run to resume."""
+    from ..dbcopy import copy_depot
+    from ..depot import Depot
+
+    report = copy_depot(app.depot, Depot(app.settings.with_(db_url=to_url)))
+    if as_json:
+        emit_json(report.to_json())
+        return
+    rows = sum(report.rows.values())
+    click.echo(f"copied {sum(report.copied.values())} row(s) and {report.blobs_copied} blob(s) "
+               f"to {report.target}; verified: {rows} row(s) in {len(report.rows)} tables and the "
+               "inventory equal on both sides")
+
+
 def register(group: click.Group) -> None:
     for cmd in (import_cmd, list_cmd, show_cmd, tag_cmd, untag_cmd, rm_cmd, gc_cmd, du_cmd,
                 verify_cmd, env_cmd, log_cmd, inventory_cmd, db_group):
