@@ -401,8 +401,6 @@ def finetune(depot: Depot, base: str, base_revision: str | None = None, *, datas
     recipe was already trained into that repo and nothing was done (beyond pointing ``ref`` at
     it). ``threads`` sets torch's intra-op threads for the run (recorded, not keyed).
     """
-    from .store import file_lock
-
     if threads is not None and threads < 1:
         raise InvalidInput("--threads must be 1 or more")
     plan = plan_finetune(depot, base, base_revision, dataset=dataset, **options)
