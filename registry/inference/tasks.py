@@ -7,6 +7,7 @@ uses the same shapes), so ``modeldepot run``, the HTTP API and ``transformers.pi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,10 +131,18 @@ def _int(name: str, lo: int = 1, hi: int | None = None, allow_none: bool = False
 
 def _num(name: str, lo: float = 0.0, hi: float | None = None):
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (hi is not None and v > hi):
+        number = None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                number = float(v)  # an integer beyond a float's range overflows here
+            except OverflowError:
+                pass
+        # NaN compares false with everything and 1e999 parses as infinity: both refused.
+        if (number is None or not math.isfinite(number) or number < lo
+                or (hi is not None and number > hi)):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise InvalidInput(f"parameter {name!r} must be a number {bound}")
-        return float(v)
+            raise InvalidInput(f"parameter {name!r} must be a finite number {bound}")
+        return number
     return check
 
 

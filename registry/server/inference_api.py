@@ -8,11 +8,19 @@
 Answers have the transformers pipeline's shapes. Models load on first use (``--models`` loads
 some at start-up), stay loaded within ``--memory-budget-mb``, and concurrent requests to a model
 are batched. Errors are JSON ``{"error", "error_type"}`` with a 4xx status (429/503 when
-overloaded); an unexpected failure is a 500 with the same shape, and the server keeps serving.
+overloaded, with ``Retry-After``); an unexpected failure is a 500 with the same shape and a
+generic message (the details go to the server log, never to the client), and the server keeps
+serving.
+
+Bodies must be sent as ``Content-Type: application/json`` (415 otherwise): a browser lets any
+page POST ``text/plain`` across sites without asking, and that must not run a model. They are
+parsed by ``registry.jsonsafe`` (depth bounded, NaN and Infinity refused), so no body can make
+the parser recurse or hand a non-finite number to a model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import html
@@ -21,6 +29,7 @@ import logging
 
 from aiohttp import web
 
+from .. import jsonsafe
 from ..errors import DepotError, InvalidInput
 from ..inference.service import InferenceService
 from .app import DEPOT, OPTIONS
@@ -32,6 +41,9 @@ INFERENCE = web.AppKey("inference", InferenceService)
 BODY_KEYS = {"inputs", "parameters", "options"}
 OPTION_KEYS = {"backend", "precision", "use_cache", "wait_for_model"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
+MAX_BODY_DEPTH = 32  # the deepest body the API takes has 4 levels (a list of QA objects)
+RETRY_AFTER_S = 1  # a full queue drains in well under a second at the default sizes
+INTERNAL_ERROR = "internal error: the request could not be answered; the server log has the details"
 
 
 def _error(status: int, message: str, error_type: str) -> web.Response:
@@ -46,24 +58,42 @@ def json_errors(handler):
         try:
             return await handler(request)
         except DepotError as e:
-            return web.json_response(e.to_json(), status=e.http_status)
+            response = web.json_response(e.to_json(), status=e.http_status)
+            if e.http_status in (429, 503):
+                response.headers["Retry-After"] = str(e.details.get("retry_after", RETRY_AFTER_S))
+            return response
         except web.HTTPRequestEntityTooLarge as e:
             return _error(413, f"the request body is too large ({e.text}): send fewer or "
                           "shorter inputs per request", "RequestEntityTooLarge")
         except web.HTTPException as e:
             return _error(e.status, e.reason, type(e).__name__.removeprefix("HTTP"))
-        except Exception as e:
-            log.exception("inference request failed")
-            return _error(500, f"internal error: {type(e).__name__}: {e}", "InternalError")
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # the client went away, or the server is stopping
+        except BaseException:  # a bug, or a library's panic: logged, never shown to the client
+            log.exception("inference request failed: %s %s", request.method, request.path)
+            return _error(500, INTERNAL_ERROR, "InternalError")
 
     return wrapped
 
 
+class UnsupportedMediaType(InvalidInput):
+    http_status = 415
+    error_type = "UnsupportedMediaType"
+
+
 async def _json_body(request: web.Request, allowed: set[str], example: str) -> dict:
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        got = request.headers.get("Content-Type", "none")
+        raise UnsupportedMediaType(
+            f"the request body must be UTF-8 JSON sent with 'Content-Type: application/json' "
+            f"(got {got[:100]!r}): send {example}")
+    raw = await request.read()
     try:
-        body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput(f"the request body is not valid JSON: send {example}") from None
+        body = jsonsafe.loads(raw, max_bytes=request.client_max_size, max_depth=MAX_BODY_DEPTH)
+    except jsonsafe.JSONInputError as e:
+        raise InvalidInput(f"the request body is not JSON this API accepts ({e}): send "
+                           f"{example}") from None
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object like {example}")
     unknown = sorted(set(body) - allowed)
@@ -73,12 +103,17 @@ async def _json_body(request: web.Request, allowed: set[str], example: str) -> d
 
 
 def _options(body: dict) -> dict:
-    options = body.get("options") or {}
+    options = body.get("options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise InvalidInput('"options" must be a JSON object, e.g. {"backend": "onnx"}')
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
         raise InvalidInput(f"unknown option {unknown[0]!r}: options are {', '.join(sorted(OPTION_KEYS))}")
+    for flag in ("use_cache", "wait_for_model"):  # the Inference API's; accepted, no effect here
+        if not isinstance(options.get(flag, False), bool):
+            raise InvalidInput(f'"options.{flag}" must be true or false')
     backend = options.get("backend", "auto")
     precision = options.get("precision", "fp32")
     if backend not in ("auto", "onnx", "torch"):
@@ -132,6 +167,8 @@ async def embeddings_handler(request: web.Request) -> web.Response:
         raise InvalidInput('"encoding_format" must be "float" or "base64"')
     if body.get("dimensions") is not None:
         raise InvalidInput('"dimensions" is not supported: the model decides the size')
+    if not isinstance(body.get("user", ""), str):
+        raise InvalidInput('"user" must be a string')
     service = request.app[INFERENCE]
     _, model = await service.model(model_id, "feature-extraction")
     params = {} if model.runner.pooling else {"pooling": "mean", "normalize": True}
