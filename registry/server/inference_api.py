@@ -32,7 +32,9 @@ from aiohttp import web
 from .. import jsonsafe
 from ..errors import DepotError, InvalidInput
 from ..inference.service import InferenceService
+from ..inference.tasks import MAX_INPUTS
 from .app import DEPOT, OPTIONS
+from .inference_spec import openapi_spec
 from .ops import METRICS
 
 log = logging.getLogger("modeldepot.inference")
@@ -186,89 +188,20 @@ async def embeddings_handler(request: web.Request) -> web.Response:
     }, headers=_headers(answer))
 
 
-# -- OpenAPI --------------------------------------------------------------------------------------
-
-ERROR_SCHEMA = {"type": "object", "required": ["error", "error_type"], "properties": {
-    "error": {"type": "string", "description": "What went wrong and what to do next."},
-    "error_type": {"type": "string", "example": "InvalidInput"}}}
-ERRORS = {
-    "404": "Unknown model (not in the depot).",
-    "422": "Bad input: empty text, wrong JSON shape, unknown parameter, a task the model cannot "
-           "do, a dataset repo.",
-    "429": "Too many inputs queued for this model; retry shortly.",
-    "503": "The model does not fit the memory budget, or cannot be loaded now.",
-}
+# -- OpenAPI (the spec itself is in inference_spec.py) ----------------------------------------
 
 
-def _responses(ok: dict) -> dict:
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {"200": ok, **{code: {"description": text, **error} for code, text in ERRORS.items()}}
-
-
-def openapi_spec() -> dict:
-    inference_body = {
-        "type": "object", "required": ["inputs"],
-        "properties": {
-            "inputs": {"description": "A string, a list of strings, {question, context} for "
-                       "question-answering, {source_sentence, sentences} for "
-                       "sentence-similarity, or {text, text_pair} for text-classification."},
-            "parameters": {"type": "object", "description": "The pipeline's parameters, e.g. "
-                           "top_k, aggregation_strategy (default simple), max_new_tokens."},
-            "options": {"type": "object", "properties": {
-                "backend": {"enum": ["auto", "onnx", "torch"], "default": "auto"},
-                "precision": {"enum": ["fp32", "int8"], "default": "fp32"}}},
-        },
-        "example": {"inputs": "I loved this film", "parameters": {"top_k": 2}},
-    }
-    repo = {"name": "repo_id", "in": "path", "required": True, "schema": {"type": "string"},
-            "description": "org/name, optionally @revision or @alias (org/name@prod)."}
-    ok = {"description": "The transformers pipeline's output for these inputs, e.g. "
-          '[{"label": "POSITIVE", "score": 0.99}]. Truncated inputs are listed in the '
-          "X-Truncated-Inputs header.", "content": {"application/json": {"schema": {}}}}
-    body = {"required": True, "content": {"application/json": {"schema": inference_body}}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "modeldepot inference API", "version": "1",
-                 "description": "Answers from the depot's mirrored artifacts, offline: ONNX "
-                 "Runtime when an ONNX export exists, else PyTorch."},
-        "paths": {
-            "/models/{repo_id}": {"post": {
-                "summary": "Run a model on its own task (Hugging Face Inference API style).",
-                "parameters": [repo], "requestBody": body, "responses": _responses(ok)}},
-            "/pipeline/{task}/{repo_id}": {"post": {
-                "summary": "Run a model on the given task.",
-                "parameters": [{"name": "task", "in": "path", "required": True,
-                                "schema": {"type": "string"}}, repo],
-                "requestBody": body, "responses": _responses(ok)}},
-            "/v1/embeddings": {"post": {
-                "summary": "OpenAI-compatible embeddings.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["model", "input"], "properties": {
-                        "model": {"type": "string"},
-                        "input": {"oneOf": [{"type": "string"},
-                                            {"type": "array", "items": {"type": "string"}}]},
-                        "encoding_format": {"enum": ["float", "base64"]}},
-                    "example": {"model": "org/embedder", "input": ["a sentence", "another"]}}}}},
-                "responses": _responses({"description": '{"object": "list", "data": [{"object": '
-                                         '"embedding", "index": 0, "embedding": [...]}], '
-                                         '"model": ..., "usage": {...}}'})}},
-            "/health": {"get": {"summary": "Liveness.", "responses": {"200": {
-                "description": '{"status": "ok"}'}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics: requests, latency histogram, "
-                                 "batch sizes, queue depths, loaded models.",
-                                 "responses": {"200": {"description": "text/plain"}}}},
-        },
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
-    }
+def _spec(app: web.Application) -> dict:
+    return openapi_spec(max_inputs=min(MAX_INPUTS, app[OPTIONS].max_queue))
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec())
+    return web.json_response(_spec(request.app))
 
 
 async def docs_handler(request: web.Request) -> web.Response:
     """The spec as one self-contained page: an air-gapped browser cannot fetch Swagger UI."""
-    spec = openapi_spec()
+    spec = _spec(request.app)
     parts = [f"<h1>{html.escape(spec['info']['title'])}</h1>",
              f"<p>{html.escape(spec['info']['description'])}</p>",
              '<p>Machine-readable: <a href="openapi.json">openapi.json</a></p>']
@@ -312,8 +245,10 @@ def setup(app: web.Application) -> None:
     # Preloading here makes a bad --models entry a start-up error, not a first-request one.
     for entry in options.preload:
         service.preload(entry)
-    app.router.add_post("/models/{repo_id:.+}", predict_handler)
-    app.router.add_post("/pipeline/{task}/{repo_id:.+}", predict_handler)
+    # Any character, newlines included: a repo id that cannot be one gets a JSON 422 from the
+    # handler, not the router's plain-text 404.
+    app.router.add_post(r"/models/{repo_id:[\s\S]+}", predict_handler)
+    app.router.add_post(r"/pipeline/{task}/{repo_id:[\s\S]+}", predict_handler)
     app.router.add_post("/v1/embeddings", embeddings_handler)
     app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_get("/docs", docs_handler)
