@@ -163,6 +163,21 @@ def test_a_15_mb_input_is_cut_before_tokenizing_and_says_so(zoo_home):
     serve(zoo_home, check)
 
 
+def test_64_inputs_of_200_kb_are_cut_and_the_warning_stays_one_short_line(zoo_home):
+    texts = [f"{i} the film was good " + "and long " * 22_000 for i in range(64)]
+
+    async def check(client, app):
+        status, body, headers = await within(post(client, "/models/zoo/classifier",
+                                                  {"inputs": texts}), 60)
+        assert status == 200 and len(body) == 64
+        assert headers["X-Truncated-Inputs"] == ",".join(str(i) for i in range(64))
+        assert headers["X-Inference-Warning"] == (
+            "inputs 0-63 truncated to 128 tokens (the model's maximum input length); "
+            "inputs 0-63 " + CUT)
+
+    serve(zoo_home, check)
+
+
 @pytest.mark.parametrize("repo, body, status, warning", [
     ("zoo/qa", {"inputs": {"question": "who?", "context": "Ada lives in Paris. " * 450}},
      200, "input 0 " + CUT),

@@ -52,7 +52,16 @@ class Answer:
 
 
 def _inputs(which: list[int]) -> str:
-    return f"input{'s' if len(which) > 1 else ''} {', '.join(str(i) for i in which)}"
+    """``inputs 0-63, 70``: runs as ranges, so the warning header of a 1,024-input request
+    stays short (clients refuse header lines over 8 KB)."""
+    runs: list[list[int]] = []
+    for i in sorted(which):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"input{'s' if len(which) > 1 else ''} {text}"
 
 
 def answer(model, request: Request, results: list) -> Answer:
