@@ -107,3 +107,10 @@ class ValidationFailed(DepotError):
 
     http_status = 422
     error_type = "ValidationFailed"
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body of a type or charset the route does not take."""
+
+    http_status = 415
+    error_type = "UnsupportedMediaType"

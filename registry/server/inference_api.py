@@ -30,7 +30,7 @@ import logging
 from aiohttp import web
 
 from .. import jsonsafe
-from ..errors import DepotError, InvalidInput
+from ..errors import DepotError, InvalidInput, UnsupportedMediaType
 from ..inference.service import InferenceService
 from ..inference.tasks import MAX_INPUTS
 from .app import DEPOT, OPTIONS
@@ -76,11 +76,6 @@ def json_errors(handler):
             return _error(500, INTERNAL_ERROR, "InternalError")
 
     return wrapped
-
-
-class UnsupportedMediaType(InvalidInput):
-    http_status = 415
-    error_type = "UnsupportedMediaType"
 
 
 async def _json_body(request: web.Request, allowed: set[str], example: str) -> dict:
