@@ -410,3 +410,20 @@ def test_request_paths_cannot_grow_the_resolution_cache(zoo_home):
         assert len(service._resolved) == 20
 
     serve(zoo_home, check)
+
+
+def test_open_ended_task_names_share_one_load_and_a_bounded_set_of_pipelines(zoo_home):
+    """translation_xx_to_yy names are the client's choice: each used to be a load of its own."""
+    from registry.server.inference_api import INFERENCE
+
+    async def check(client, app):
+        service = app[INFERENCE]
+        for lang in "abcdefghij":
+            status, _, headers = await within(post(
+                client, f"/pipeline/translation_en_to_{lang}/zoo/bart",
+                {"inputs": "a day", "parameters": {"max_new_tokens": 1}}))
+            assert (status, headers["X-Task"]) == (200, f"translation_en_to_{lang}")
+        [model] = service.cache.loaded()
+        assert len(model._views) == model.MAX_VIEWS == 8
+
+    serve(zoo_home, check)
