@@ -139,6 +139,33 @@ def test_closing_a_batcher_answers_the_running_batch_and_the_queue():
     asyncio.run(main())
 
 
+def test_system_exit_in_a_batch_answers_the_batch_then_goes_on_stopping():
+    """KeyboardInterrupt and SystemExit keep their meaning for the process; the requests of the
+    batch they came from are answered first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.inference.batcher import BatchFailed, Batcher
+
+    def run(items, params):
+        raise SystemExit(3)
+
+    futures = []
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(run, pool, label="org/m", max_batch_size=1, max_wait_s=0.05)
+            asyncio.ensure_future(b.submit(["a"], {}))
+            asyncio.ensure_future(b.submit(["b"], {}))
+            await asyncio.sleep(0)
+            futures.extend(p.future for p in b._queue)
+            await asyncio.sleep(10)
+
+    with pytest.raises(SystemExit):
+        asyncio.run(main())
+    assert len(futures) == 2 and all(f.done() for f in futures)
+    assert [type(f.exception()) for f in futures] == [BatchFailed, BatchFailed]
+
+
 # -- item 2: big inputs are cut before they are tokenized ------------------------------------
 
 CUT = ("cut to 4,096 characters before tokenizing (32 per token of the model's maximum input "
