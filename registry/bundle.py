@@ -1169,8 +1169,8 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
         raise
     fields = {(r["type"], r["name"]): r["fields"] for r in manifest["repos"]}
     if not move_refs:  # what the receiver has set stays as it is
-        for key, names in plan.differing_fields.items():
-            fields[key] = {k: v for k, v in fields[key].items() if k not in names}
+        for key, kept in plan.differing_fields.items():
+            fields[key] = {k: v for k, v in fields[key].items() if k not in kept}
     try:
         # A concurrent import of the same revision may publish it first: report what this did.
         for row, rev in zip(summary["revisions"], manifest["revisions"], strict=True):

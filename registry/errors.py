@@ -164,3 +164,10 @@ class TooManyRequests(Overloaded):
     def __init__(self, message: str, retry_after: int, **details):
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body of a type or charset the route does not take."""
+
+    http_status = 415
+    error_type = "UnsupportedMediaType"

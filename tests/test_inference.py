@@ -128,8 +128,8 @@ def test_cache_unloads_least_recently_used_within_budget():
     assert cache.loaded() == ["A", "C"] and cache.used_bytes == 90 * MB
     with pytest.raises(Unavailable) as e:
         cache.get("huge", 200 * MB, lambda: "H", label="org/huge")
-    assert str(e.value) == ("org/huge needs about 200 MB, more than the memory budget of 100 MB; "
-                            "restart the server with a larger --memory-budget-mb")
+    assert str(e.value) == ("org/huge needs about 200.0 MB resident, more than the memory budget "
+                            "of 100 MB; restart the server with a larger --memory-budget-mb")
     assert cache.loaded() == ["A", "C"]
 
 
@@ -205,11 +205,19 @@ def test_batcher_refuses_beyond_its_queue_and_isolates_item_errors():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher(run, pool, label="org/m", max_batch_size=4, max_wait_s=0, max_queue=3)
-            with pytest.raises(Overloaded) as e:
+            b = Batcher(run, pool, label="org/m", max_batch_size=4, max_wait_s=0.2, max_queue=3)
+            # More inputs than the whole queue holds can never be admitted: not "retry".
+            with pytest.raises(InvalidInput) as e:
                 await b.submit(list("abcd"), {})
-            assert str(e.value) == ("org/m has 0 inputs waiting (the queue holds 3); retry "
+            assert str(e.value) == ("this request has 4 inputs; org/m queues at most 3 (the "
+                                    "server's --max-queue): send at most 3 inputs per request")
+            waiting = asyncio.ensure_future(b.submit(["x", "y"], {}))
+            await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded) as e:
+                await b.submit(["c", "d"], {})
+            assert str(e.value) == ("org/m has 2 inputs waiting (the queue holds 3); retry "
                                     "shortly or send fewer inputs at once")
+            assert await waiting == ["X", "Y"]
             return await b.submit(["ok", "bad"], {})
 
     ok, bad = _run_batcher(main)

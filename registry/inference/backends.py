@@ -8,18 +8,22 @@ HF offline variables, so nothing can reach a network.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
 import json
 import os
 import sys
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from .encoders import EncoderRunner, InputError, Pooling, Result
+from .encoders import MAX_CHARS_PER_TOKEN, EncoderRunner, InputError, Pooling, Result
 from .source import TORCH_WEIGHTS, ModelSource, OnnxExport
-from .tasks import ENCODER_TASKS, task_family
+from .tasks import ENCODER_TASKS, SEQ2SEQ_TASKS, task_family
 
 AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",
@@ -56,6 +60,58 @@ def offline_env() -> None:
     os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def engine_task(task: str) -> str:
+    """Tasks answered by the same weights through the same model class share one load (the
+    embeddings route and /models of an embedder, summarization and translation of one BART)."""
+    family = task_family(task)
+    if family in SEQ2SEQ_TASKS:
+        return "text2text-generation"
+    if family == "sentence-similarity":
+        return "feature-extraction"
+    return family
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_onnxruntime() -> None:
+    """Create ONNX Runtime's process-wide state with a one-node graph: the first session of a
+    process costs about 12 MB more than later ones, which is the runtime's, not a model's."""
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:  # onnx is not needed to run exported graphs; then it is counted
+        return
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                         providers=["CPUExecutionProvider"])
+
+
+def prepare_runtime(task: str, backend: str) -> None:
+    """Pay what a backend costs once per process (imports, runtime set-up), so that a load's
+    measured memory is the model's own (see ``cache.ModelCache``)."""
+    if task_family(task) in ENCODER_TASKS:
+        import numpy  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        if backend == "onnx":
+            _warm_onnxruntime()
+            return
+    offline_env()
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    if backend == "onnx":
+        import optimum.onnxruntime  # noqa: F401
+
+        _warm_onnxruntime()
 
 
 class OnnxEngine:
@@ -171,6 +227,7 @@ class GenerationRunner:
         snapshot = str(source.snapshot)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
         self.limit = position_limit(source.config)
+        self.max_chars = MAX_CHARS_PER_TOKEN * self.limit if self.limit else None
         if self.limit and self.family != "text-generation":
             # The text2text pipelines truncate to model_max_length when asked to.
             current = self.tokenizer.model_max_length or self.limit
@@ -179,7 +236,8 @@ class GenerationRunner:
         if backend == "torch":
             auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForSeq2SeqLM
             model = auto.from_pretrained(snapshot, local_files_only=True)
-            self.pipe = transformers.pipeline(task, model=model, tokenizer=self.tokenizer)
+            self._pipeline = functools.partial(transformers.pipeline, model=model,
+                                               tokenizer=self.tokenizer)
         else:
             from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
             from optimum.onnxruntime import pipeline as ort_pipeline
@@ -203,7 +261,15 @@ class GenerationRunner:
             if not generation.is_file() and (source.snapshot / "generation_config.json").is_file():
                 model.generation_config = transformers.GenerationConfig.from_pretrained(
                     snapshot, local_files_only=True)
-            self.pipe = ort_pipeline(task, model=model, tokenizer=self.tokenizer)
+            self._pipeline = functools.partial(ort_pipeline, model=model, tokenizer=self.tokenizer)
+        self.pipe = self._pipeline(task)
+
+    def for_task(self, task: str) -> "GenerationRunner":
+        """Another task of the same family of pipelines, over the same model (no second load)."""
+        other = copy.copy(self)
+        other.task, other.family = task, task_family(task)
+        other.pipe = self._pipeline(task)
+        return other
 
     def run(self, items: list, params: dict) -> list:
         results: list = []
@@ -216,6 +282,14 @@ class GenerationRunner:
 
     def _one(self, text: str, params: dict) -> Result:
         kwargs = dict(params)
+        cut = bool(self.max_chars) and len(text) > self.max_chars
+        if cut:
+            if self.family == "text-generation":
+                raise InputError(
+                    f"is {len(text):,} characters; this model takes at most {self.limit} tokens "
+                    "of prompt and generated text together: shorten the prompt"
+                )
+            text = text[: self.max_chars]  # never tokenize more than truncation keeps
         n = len(self.tokenizer(text)["input_ids"])
         truncated = False
         room = self.limit
@@ -231,19 +305,30 @@ class GenerationRunner:
                 truncated = True
                 kwargs["truncation"] = True
             # Never ask for more tokens than the model has positions (the pipeline's default
-            # of 256 new tokens crashes small models instead).
-            if "max_length" in kwargs:
-                kwargs["max_length"] = min(kwargs["max_length"], self.limit)
-            else:
-                default = getattr(self.pipe.generation_config, "max_new_tokens", None) or 0
-                wanted = kwargs.get("max_new_tokens", default)
-                if wanted and wanted > room:
-                    kwargs["max_new_tokens"] = room
+            # of 256 new tokens crashes small models instead). max_length counts the whole
+            # sequence; it becomes the new tokens it leaves room for, since the pipeline's
+            # default max_new_tokens would otherwise win over it (an IndexError past the last
+            # position).
+            max_length = kwargs.pop("max_length", None)
+            if max_length is not None and "max_new_tokens" not in kwargs:
+                if self.family == "text-generation":
+                    if max_length <= n:
+                        raise InputError(
+                            f"is {n} tokens, which leaves no room under max_length "
+                            f"{max_length}: raise max_length or set max_new_tokens"
+                        )
+                    kwargs["max_new_tokens"] = min(max_length, self.limit) - n
+                else:  # the decoder's sequence starts with its start token
+                    kwargs["max_new_tokens"] = max(1, min(max_length, self.limit) - 1)
+            default = getattr(self.pipe.generation_config, "max_new_tokens", None) or 0
+            wanted = kwargs.get("max_new_tokens", default)
+            if wanted and wanted > room:
+                kwargs["max_new_tokens"] = room
         try:
             output = self.pipe(text, **kwargs)
         except (ValueError, TypeError) as e:
             raise InputError(f"could not be generated from: {e}") from None
-        return Result(output, truncated=truncated, tokens=n)
+        return Result(output, truncated=truncated, tokens=n, cut=cut)
 
 
 @dataclass
@@ -257,10 +342,34 @@ class LoadedModel:
     runner: Any
     size_bytes: int
     precision: str = "fp32"
+    # Views of these weights for other tasks of the same engine (see ``engine_task``).
+    _views: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False,
+                                compare=False)
+    _lock: Any = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _base: Any = field(default=None, init=False, repr=False, compare=False)
+
+    MAX_VIEWS = 8  # translation_xx_to_yy names are open-ended
 
     @property
     def label(self) -> str:
         return self.source.label
+
+    def for_task(self, task: str) -> "LoadedModel":
+        """This model answering ``task`` with the same runtime objects (no second load)."""
+        base = self._base or self
+        if task == base.task:
+            return base
+        with base._lock:
+            view = base._views.get(task)
+            if view is None:
+                view = LoadedModel(base.source, task, base.backend, base.commit,
+                                   base.runner.for_task(task), base.size_bytes, base.precision)
+                view._base = base
+                base._views[task] = view
+                while len(base._views) > base.MAX_VIEWS:
+                    base._views.popitem(last=False)
+            base._views.move_to_end(task)
+            return view
 
     def run(self, items: list, params: dict) -> list:
         return self.runner.run(items, params)

@@ -8,6 +8,7 @@ because the promise is equality with the pipeline, not with an idea of it.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,6 +27,11 @@ OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"
                     "ibert", "luke", "xlm-roberta-xl", "roberta-prelayernorm"}
 # Bound the float32 logits a fill-mask batch may hold (tokens x vocabulary x 4 bytes).
 FILL_MASK_LOGIT_BYTES = 256 * 1024 * 1024
+# Texts are cut to this many characters per token of the model's limit before tokenizing: the
+# tokenizer reads a text whole before it truncates (a 15 MB string took 13-38 s and 2 GB), and
+# real text has 3-6 characters per token, so the cut only ever drops what truncation would drop
+# anyway, except in texts of very long words or runs of spaces (reported as cut either way).
+MAX_CHARS_PER_TOKEN = 32
 
 
 class InputError(InvalidInput):
@@ -40,6 +46,7 @@ class Result:
     output: Any
     truncated: bool = False
     tokens: int = 0
+    cut: bool = False  # a text was cut to the runner's max_chars before tokenizing
 
 
 @dataclass
@@ -99,10 +106,17 @@ class EncoderRunner:
         self.max_length = encoder_limit(
             tokenizer, config, pooling.max_seq_length if pooling else None
         )
+        self.max_chars = MAX_CHARS_PER_TOKEN * self.max_length
         self.max_batch_tokens = max_batch_tokens
         if task == "fill-mask":
             vocab = int(config.get("vocab_size") or len(tokenizer.vocab()))
             self.max_batch_tokens = max(1, min(max_batch_tokens, FILL_MASK_LOGIT_BYTES // (4 * vocab)))
+
+    def for_task(self, task: str) -> "EncoderRunner":
+        """The same tokenizer and engine answering another task (see ``engine_task``)."""
+        other = copy.copy(self)
+        other.task = task
+        return other
 
     # -- running ---------------------------------------------------------------------------
 
@@ -110,18 +124,50 @@ class EncoderRunner:
         """One ``Result`` (or the exception for that item) per item, in order."""
         if self.task == "question-answering":
             return self._run_qa(items, params)
-        encodings = self.tokenizer.encode(items, self.max_length)
-        outputs = self.forward(encodings)
+        items, cuts = self._cut(items)
+        encodings = self._encode(items, self.max_length)
+        good = [i for i, enc in enumerate(encodings) if not isinstance(enc, InputError)]
+        outputs = dict(zip(good, self.forward([encodings[i] for i in good])))
         results: list = []
         post = getattr(self, "_post_" + self.task.replace("-", "_"))
-        for item, enc, out in zip(items, encodings, outputs):
+        for i, (item, enc) in enumerate(zip(items, encodings)):
+            if i not in outputs:
+                results.append(enc)
+                continue
             try:
-                value = post(item, enc, out, params)
+                value = post(item, enc, outputs[i], params)
             except InvalidInput as e:
                 results.append(e)
                 continue
-            results.append(Result(value, truncated=bool(enc.overflowing), tokens=len(enc.ids)))
+            results.append(Result(value, truncated=bool(enc.overflowing),
+                                  tokens=len(enc.ids), cut=cuts[i]))
         return results
+
+    def _cut(self, items: list) -> tuple[list, list[bool]]:
+        """Items with each text cut to ``max_chars``, and which items were cut."""
+        out, cuts = [], []
+        for item in items:
+            texts = (item,) if isinstance(item, str) else item
+            cut = tuple(t[: self.max_chars] for t in texts)
+            out.append(cut[0] if isinstance(item, str) else cut)
+            cuts.append(any(len(t) > self.max_chars for t in texts))
+        return out, cuts
+
+    def _encode(self, items: list, max_length: int, **options) -> list:
+        """Encodings in order; an item the tokenizer refuses gets its ``InputError`` instead,
+        so one bad input in a batch fails only its own request."""
+        try:
+            return self.tokenizer.encode(items, max_length, **options)
+        except InvalidInput:
+            pass
+        encodings: list = []
+        for item in items:
+            try:
+                encodings.extend(self.tokenizer.encode([item], max_length, **options))
+            except InvalidInput as e:
+                reason = str(e).removeprefix("could not tokenize the input: ")
+                encodings.append(InputError(f"could not be tokenized: {reason}"))
+        return encodings
 
     def forward(self, encodings: list) -> list[dict]:
         """Run the engine over encodings, batched under the token budget; per-item outputs
@@ -396,13 +442,16 @@ class EncoderRunner:
         if doc_stride > max_seq_len:
             raise InvalidInput(f"doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
         question_first = tok.padding_side == "right"
+        items, cuts = self._cut(items)
         pairs = [(q, c) if question_first else (c, q) for q, c in items]
-        encodings = tok.encode(
+        encodings = self._encode(
             pairs, max_seq_len, stride=doc_stride,
             strategy="only_second" if question_first else "only_first",
         )
         spans, owner = [], []
         for i, enc in enumerate(encodings):
+            if isinstance(enc, InputError):
+                continue
             for span in [enc] + list(enc.overflowing):
                 spans.append(span)
                 owner.append(i)
@@ -411,10 +460,13 @@ class EncoderRunner:
         for span, out, i in zip(spans, outputs, owner):
             per_item[i].append((span, out))
         results: list = []
-        for (question, context), span_outputs in zip(items, per_item):
+        for (question, context), span_outputs, enc, cut in zip(items, per_item, encodings, cuts):
+            if isinstance(enc, InputError):
+                results.append(enc)
+                continue
             value = self._qa_answers(context, span_outputs, params, question_first)
             tokens = sum(len(span.ids) for span, _ in span_outputs)
-            results.append(Result(value, tokens=tokens))
+            results.append(Result(value, tokens=tokens, cut=cut))
         return results
 
     def _qa_answers(self, context: str, span_outputs: list, params: dict, question_first: bool):

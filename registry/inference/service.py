@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 from ..errors import InvalidInput
 from .cache import MB, ModelCache
-from .encoders import InputError
+from .encoders import MAX_CHARS_PER_TOKEN, InputError
 from .source import ModelSource, from_directory, from_registry, is_path
 from .tasks import Request, collate, parse_inputs
 
@@ -25,21 +26,42 @@ class Answer:
 
     output: Any
     model: dict
-    truncated: list[int] = field(default_factory=list)
+    truncated: list[int] = field(default_factory=list)  # cut in any way (the header's list)
     tokens: int = 0
     limit: int | None = None
+    cut: list[int] = field(default_factory=list)  # cut to max_chars before tokenizing
+    max_chars: int | None = None
+    token_truncated: list[int] | None = None  # None: all of ``truncated``
 
     def notes(self) -> list[str]:
-        if not self.truncated:
-            return []
-        which = ", ".join(str(i) for i in self.truncated)
-        limit = f" to {self.limit} tokens" if self.limit else ""
-        plural = "s" if len(self.truncated) > 1 else ""
-        return [f"input{plural} {which} truncated{limit} (the model's maximum input length)"]
+        notes = []
+        by_tokens = self.truncated if self.token_truncated is None else self.token_truncated
+        if by_tokens:
+            limit = f" to {self.limit} tokens" if self.limit else ""
+            notes.append(f"{_inputs(by_tokens)} truncated{limit} (the model's maximum input "
+                         "length)")
+        if self.cut:
+            notes.append(f"{_inputs(self.cut)} cut to {self.max_chars:,} characters before "
+                         f"tokenizing ({MAX_CHARS_PER_TOKEN} per token of the model's maximum "
+                         "input length)")
+        return notes
 
     def to_json(self) -> dict:
         return {**self.model, "truncated": self.truncated, "warnings": self.notes(),
                 "outputs": self.output}
+
+
+def _inputs(which: list[int]) -> str:
+    """``inputs 0-63, 70``: runs as ranges, so the warning header of a 1,024-input request
+    stays short (clients refuse header lines over 8 KB)."""
+    runs: list[list[int]] = []
+    for i in sorted(which):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"input{'s' if len(which) > 1 else ''} {text}"
 
 
 def answer(model, request: Request, results: list) -> Answer:
@@ -48,10 +70,12 @@ def answer(model, request: Request, results: list) -> Answer:
             raise InvalidInput(f"input {i} {result}")
         if isinstance(result, BaseException):
             raise result
-    truncated = [i for i, r in enumerate(results) if r.truncated]
+    cut = [i for i, r in enumerate(results) if r.cut]
+    by_tokens = [i for i, r in enumerate(results) if r.truncated]
     limit = getattr(model.runner, "max_length", None) or getattr(model.runner, "limit", None)
-    return Answer(collate(request, [r.output for r in results]), model.describe(), truncated,
-                  sum(r.tokens for r in results), limit)
+    return Answer(collate(request, [r.output for r in results]), model.describe(),
+                  sorted(set(by_tokens) | set(cut)), sum(r.tokens for r in results), limit,
+                  cut, getattr(model.runner, "max_chars", None), by_tokens)
 
 
 def resolve_source(depot, spec: str) -> ModelSource:
@@ -90,6 +114,7 @@ class InferenceService:
     memory budget, and fed by one dynamic batcher each."""
 
     RESOLVE_TTL_S = 1.0  # aliases may move; a second of staleness saves a query per request
+    RESOLVE_MAX = 1024  # resolutions kept: request paths are the client's choice, memory is not
 
     def __init__(self, depot, *, memory_budget_mb: int | None = None, max_batch_size: int = 32,
                  max_wait_ms: float = 5.0, max_queue: int = 256,
@@ -105,7 +130,7 @@ class InferenceService:
         self.cache = ModelCache(memory_budget_mb * MB if memory_budget_mb else None,
                                 on_unload=self._unloaded)
         self.adhoc: dict[str, ModelSource] = {}
-        self._resolved: dict[tuple, tuple[float, tuple]] = {}
+        self._resolved: OrderedDict[tuple, tuple[float, tuple]] = OrderedDict()
         self._batchers: dict[Hashable, Any] = {}
         # Inference and loading run in separate pools, so a slow load never stalls answers.
         self.executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2),
@@ -126,28 +151,33 @@ class InferenceService:
         self.adhoc[name] = from_directory(path, name)
 
     def plan(self, spec: str, task: str | None, backend: str, precision: str) -> tuple:
-        """(cache key, size, source, task, backend) for a request; registry read, no load."""
-        from .backends import estimate_size
+        """(cache key, size, source, task, backend) for a request; registry read, no load.
+
+        The key names the weights and the runtime that holds them, not the task: tasks of one
+        engine (``backends.engine_task``) share one loaded model."""
+        from .backends import engine_task, estimate_size
 
         source = self.adhoc.get(spec) or from_registry(self.depot, spec)
         chosen_task = source.pick_task(task)
         chosen, export = source.pick_backend(chosen_task, backend)
         size = estimate_size(source, chosen, export, precision)
-        key = (source.name, source.commit, export.commit if export else None, chosen_task,
-               chosen, precision)
+        key = (source.name, source.commit, export.commit if export else None,
+               engine_task(chosen_task), chosen, precision)
         return key, size, source, chosen_task, chosen
 
     def load(self, plan: tuple):
-        from .backends import load_model
+        """The loaded model for ``plan``, answering the plan's task."""
+        from .backends import load_model, prepare_runtime
 
         key, size, source, task, backend = plan
         precision = key[-1]
+        prepare_runtime(task, backend)
         return self.cache.get(
             key, size,
             lambda: load_model(source, task, backend, precision=precision,
                                max_batch_tokens=self.max_batch_tokens),
             label=source.label,
-        )
+        ).for_task(task)
 
     def preload(self, entry: str) -> None:
         """``--models`` entries: ``REPO[@REV]`` or ``NAME=PATH`` (an ad-hoc directory)."""
@@ -156,7 +186,7 @@ class InferenceService:
             self.add_directory(name, path)
             entry = name
         self.load(self.plan(entry, None, "auto", "fp32"))
-        self.metrics.models(self.cache.loaded())
+        self._report_models()
 
     def _unloaded(self, key, model) -> None:
         self._batchers.pop(key, None)
@@ -172,6 +202,9 @@ class InferenceService:
         plan = await loop.run_in_executor(None, self.plan, spec, task,
                                           backend, precision)
         self._resolved[cache_key] = (time.monotonic() + self.RESOLVE_TTL_S, plan)
+        self._resolved.move_to_end(cache_key)
+        while len(self._resolved) > self.RESOLVE_MAX:
+            self._resolved.popitem(last=False)
         return plan
 
     async def model(self, spec: str, task: str | None = None, backend: str = "auto",
@@ -180,9 +213,14 @@ class InferenceService:
         model = self.cache.peek(plan[0])
         if model is None:
             loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(self.loader, self.load, plan)
-            self.metrics.models(self.cache.loaded())
-        return plan[0], model
+            try:
+                model = await loop.run_in_executor(self.loader, self.load, plan)
+            finally:  # a load evicts others even when it then fails
+                self._report_models()
+        return plan[0], model.for_task(plan[3])
+
+    def _report_models(self) -> None:
+        self.metrics.models([(m, self.cache.size_of(k)) for k, m in self.cache.items()])
 
     async def apredict(self, spec: str, inputs: Any, parameters: dict | None = None, *,
                        task: str | None = None, backend: str = "auto",
@@ -191,7 +229,9 @@ class InferenceService:
         request = parse_inputs(model.task, inputs, parameters)
         batcher = self._batcher(key, model)
         try:
-            results = await batcher.submit(request.items, request.params)
+            # One queue per loaded model; its tasks share it but never a batch.
+            results = await batcher.submit(request.items,
+                                           {"task": model.task, "params": request.params})
         finally:
             self.metrics.queue(model.label, batcher.depth)
         return answer(model, request, results)
@@ -202,11 +242,19 @@ class InferenceService:
         batcher = self._batchers.get(key)
         if batcher is None:
             label = model.label
-            batcher = self._batchers[key] = Batcher(
-                model.run, self.executor, label=label, max_batch_size=self.max_batch_size,
+
+            def run(items: list, job: dict) -> list:
+                return model.for_task(job["task"]).run(items, job["params"])
+
+            batcher = Batcher(
+                run, self.executor, label=label, max_batch_size=self.max_batch_size,
                 max_wait_s=self.max_wait_s, max_queue=self.max_queue,
                 on_batch=lambda n: self.metrics.batch(label, n),
             )
+            # A model unloaded while this request was on its way gets a batcher for this one
+            # request: kept, it would keep the unloaded model in memory.
+            if self.cache.contains(key):
+                self._batchers[key] = batcher
         return batcher
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ uses the same shapes), so ``modeldepot run``, the HTTP API and ``transformers.pi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +122,8 @@ def _int(name: str, lo: int = 1, hi: int | None = None, allow_none: bool = False
     def check(v):
         if v is None and allow_none:
             return None
+        if isinstance(v, float) and v.is_integer():  # JSON's 2.0 is the integer 2
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
             raise InvalidInput(f"parameter {name!r} must be an integer {bound}")
@@ -130,10 +133,18 @@ def _int(name: str, lo: int = 1, hi: int | None = None, allow_none: bool = False
 
 def _num(name: str, lo: float = 0.0, hi: float | None = None):
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (hi is not None and v > hi):
+        number = None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                number = float(v)  # an integer beyond a float's range overflows here
+            except OverflowError:
+                pass
+        # NaN compares false with everything and 1e999 parses as infinity: both refused.
+        if (number is None or not math.isfinite(number) or number < lo
+                or (hi is not None and number > hi)):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise InvalidInput(f"parameter {name!r} must be a number {bound}")
-        return float(v)
+            raise InvalidInput(f"parameter {name!r} must be a finite number {bound}")
+        return number
     return check
 
 
@@ -153,6 +164,19 @@ def _choice(name: str, choices: tuple[str, ...]):
     return check
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unicode(value: str) -> str:
+    """JSON's escapes can spell lone surrogates (``"\\ud800"``), which no tokenizer takes; each
+    becomes U+FFFD, as a browser makes any string into text (WHATWG's USVString)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", value)
+    return value
+
+
 def _strings(name: str, allow_empty: bool = False):
     def check(v):
         if isinstance(v, str):
@@ -160,7 +184,7 @@ def _strings(name: str, allow_empty: bool = False):
         if (not isinstance(v, list) or (not v and not allow_empty)
                 or not all(isinstance(x, str) and x for x in v)):
             raise InvalidInput(f"parameter {name!r} must be a string or a list of strings")
-        return v
+        return [_unicode(x) for x in v]
     return check
 
 
@@ -168,7 +192,7 @@ def _lang(name: str):
     def check(v):
         if not isinstance(v, str) or not v:
             raise InvalidInput(f"parameter {name!r} must be a language code")
-        return v
+        return _unicode(v)
     return check
 
 
@@ -262,7 +286,7 @@ def _text(value: Any, where: str) -> str:
         raise InvalidInput(f"{where} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidInput(f"{where} is empty: send some text")
-    return value
+    return _unicode(value)
 
 
 def _list(value: list, what: str) -> list:

@@ -132,8 +132,13 @@ class FastTokenizer:
                 self._tk.no_truncation()
             try:
                 return self._tk.encode_batch(list(texts), add_special_tokens=True)
-            except Exception as e:  # the Rust error says what is wrong (e.g. stride too large)
-                raise InvalidInput(f"could not tokenize the input: {e}") from None
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
+                # The Rust error says what is wrong (e.g. a stride too large for the length);
+                # some are panics, which pyo3 raises as a BaseException, not an Exception.
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InvalidInput(f"could not tokenize the input: {reason}") from None
 
     def id_to_token(self, i: int) -> str | None:
         return self._tk.id_to_token(int(i))

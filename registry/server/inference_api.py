@@ -8,22 +8,31 @@
 Answers have the transformers pipeline's shapes. Models load on first use (``--models`` loads
 some at start-up), stay loaded within ``--memory-budget-mb``, and concurrent requests to a model
 are batched. Errors are JSON ``{"error", "error_type"}`` with a 4xx status (429/503 when
-overloaded); an unexpected failure is a 500 with the same shape (from ``http.errors``, without
-the exception's text), and the server keeps serving.
+overloaded, with ``Retry-After``); an unexpected failure is a 500 with the same shape and a
+generic message (the details go to the server log, never to the client), and the server keeps
+serving.
+
+Bodies must be sent as ``Content-Type: application/json`` (415 otherwise): a browser lets any
+page POST ``text/plain`` across sites without asking, and that must not run a model. They are
+parsed by ``registry.jsonsafe`` (depth bounded, NaN and Infinity refused), so no body can make
+the parser recurse or hand a non-finite number to a model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
-import json
 import logging
 
 from aiohttp import web
 
-from ..errors import DepotError, InvalidInput
+from .. import jsonsafe
+from ..errors import DepotError, InvalidInput, UnsupportedMediaType
 from ..inference.service import InferenceService
+from ..inference.tasks import MAX_INPUTS  # noqa: F401 - openapi.py reads the limit here
 from .app import DEPOT, OPTIONS
+from .inference_spec import openapi_spec  # noqa: F401 - the family's paths, for openapi.py
 from .ops import METRICS
 
 log = logging.getLogger("modeldepot.inference")
@@ -32,6 +41,9 @@ INFERENCE = web.AppKey("inference", InferenceService)
 BODY_KEYS = {"inputs", "parameters", "options"}
 OPTION_KEYS = {"backend", "precision", "use_cache", "wait_for_model"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
+MAX_BODY_DEPTH = 32  # the deepest body the API takes has 4 levels (a list of QA objects)
+RETRY_AFTER_S = 1  # a full queue drains in well under a second at the default sizes
+INTERNAL_ERROR = "internal error: the request could not be answered; the server log has the details"
 
 
 def _error(status: int, message: str, error_type: str) -> web.Response:
@@ -46,23 +58,37 @@ def json_errors(handler):
         try:
             return await handler(request)
         except DepotError as e:
-            return web.json_response(e.to_json(), status=e.http_status)
+            response = web.json_response(e.to_json(), status=e.http_status)
+            if e.http_status in (429, 503):
+                response.headers["Retry-After"] = str(e.details.get("retry_after", RETRY_AFTER_S))
+            return response
         except web.HTTPRequestEntityTooLarge as e:
             return _error(413, f"the request body is too large ({e.text}): send fewer or "
                           "shorter inputs per request", "RequestEntityTooLarge")
         except web.HTTPException as e:
             return _error(e.status, e.reason, type(e).__name__.removeprefix("HTTP"))
-        # Anything else: the app's one error middleware (http.errors) logs it and answers a
-        # 500 (503 when out of resources) that carries no exception text.
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # the client went away, or the server is stopping
+        except BaseException:  # a bug, or a library's panic: logged, never shown to the client
+            log.exception("inference request failed: %s %s", request.method, request.path)
+            return _error(500, INTERNAL_ERROR, "InternalError")
 
     return wrapped
 
 
 async def _json_body(request: web.Request, allowed: set[str], example: str) -> dict:
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        got = request.headers.get("Content-Type", "none")
+        raise UnsupportedMediaType(
+            f"the request body must be UTF-8 JSON sent with 'Content-Type: application/json' "
+            f"(got {got[:100]!r}): send {example}")
+    raw = await request.read()
     try:
-        body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput(f"the request body is not valid JSON: send {example}") from None
+        body = jsonsafe.loads(raw, max_bytes=request.client_max_size, max_depth=MAX_BODY_DEPTH)
+    except jsonsafe.JSONInputError as e:
+        raise InvalidInput(f"the request body is not JSON this API accepts ({e}): send "
+                           f"{example}") from None
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object like {example}")
     unknown = sorted(set(body) - allowed)
@@ -72,12 +98,17 @@ async def _json_body(request: web.Request, allowed: set[str], example: str) -> d
 
 
 def _options(body: dict) -> dict:
-    options = body.get("options") or {}
+    options = body.get("options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise InvalidInput('"options" must be a JSON object, e.g. {"backend": "onnx"}')
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
         raise InvalidInput(f"unknown option {unknown[0]!r}: options are {', '.join(sorted(OPTION_KEYS))}")
+    for flag in ("use_cache", "wait_for_model"):  # the Inference API's; accepted, no effect here
+        if not isinstance(options.get(flag, False), bool):
+            raise InvalidInput(f'"options.{flag}" must be true or false')
     backend = options.get("backend", "auto")
     precision = options.get("precision", "fp32")
     if backend not in ("auto", "onnx", "torch"):
@@ -131,6 +162,8 @@ async def embeddings_handler(request: web.Request) -> web.Response:
         raise InvalidInput('"encoding_format" must be "float" or "base64"')
     if body.get("dimensions") is not None:
         raise InvalidInput('"dimensions" is not supported: the model decides the size')
+    if not isinstance(body.get("user", ""), str):
+        raise InvalidInput('"user" must be a string')
     service = request.app[INFERENCE]
     _, model = await service.model(model_id, "feature-extraction")
     params = {} if model.runner.pooling else {"pooling": "mean", "normalize": True}
@@ -146,82 +179,6 @@ async def embeddings_handler(request: web.Request) -> web.Response:
         "model": model_id,
         "usage": {"prompt_tokens": answer.tokens, "total_tokens": answer.tokens},
     }, headers=_headers(answer))
-
-
-# -- OpenAPI --------------------------------------------------------------------------------------
-
-ERROR_SCHEMA = {"type": "object", "required": ["error", "error_type"], "properties": {
-    "error": {"type": "string", "description": "What went wrong and what to do next."},
-    "error_type": {"type": "string", "example": "InvalidInput"}}}
-ERRORS = {
-    "404": "Unknown model (not in the depot).",
-    "422": "Bad input: empty text, wrong JSON shape, unknown parameter, a task the model cannot "
-           "do, a dataset repo.",
-    "429": "Too many inputs queued for this model; retry shortly.",
-    "503": "The model does not fit the memory budget, or cannot be loaded now.",
-}
-
-
-def _responses(ok: dict) -> dict:
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {"200": ok, **{code: {"description": text, **error} for code, text in ERRORS.items()}}
-
-
-def openapi_spec() -> dict:
-    inference_body = {
-        "type": "object", "required": ["inputs"],
-        "properties": {
-            "inputs": {"description": "A string, a list of strings, {question, context} for "
-                       "question-answering, {source_sentence, sentences} for "
-                       "sentence-similarity, or {text, text_pair} for text-classification."},
-            "parameters": {"type": "object", "description": "The pipeline's parameters, e.g. "
-                           "top_k, aggregation_strategy (default simple), max_new_tokens."},
-            "options": {"type": "object", "properties": {
-                "backend": {"enum": ["auto", "onnx", "torch"], "default": "auto"},
-                "precision": {"enum": ["fp32", "int8"], "default": "fp32"}}},
-        },
-        "example": {"inputs": "I loved this film", "parameters": {"top_k": 2}},
-    }
-    repo = {"name": "repo_id", "in": "path", "required": True, "schema": {"type": "string"},
-            "description": "org/name, optionally @revision or @alias (org/name@prod)."}
-    ok = {"description": "The transformers pipeline's output for these inputs, e.g. "
-          '[{"label": "POSITIVE", "score": 0.99}]. Truncated inputs are listed in the '
-          "X-Truncated-Inputs header.", "content": {"application/json": {"schema": {}}}}
-    body = {"required": True, "content": {"application/json": {"schema": inference_body}}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "modeldepot inference API", "version": "1",
-                 "description": "Answers from the depot's mirrored artifacts, offline: ONNX "
-                 "Runtime when an ONNX export exists, else PyTorch."},
-        "paths": {
-            "/models/{repo_id}": {"post": {
-                "summary": "Run a model on its own task (Hugging Face Inference API style).",
-                "parameters": [repo], "requestBody": body, "responses": _responses(ok)}},
-            "/pipeline/{task}/{repo_id}": {"post": {
-                "summary": "Run a model on the given task.",
-                "parameters": [{"name": "task", "in": "path", "required": True,
-                                "schema": {"type": "string"}}, repo],
-                "requestBody": body, "responses": _responses(ok)}},
-            "/v1/embeddings": {"post": {
-                "summary": "OpenAI-compatible embeddings.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["model", "input"], "properties": {
-                        "model": {"type": "string"},
-                        "input": {"oneOf": [{"type": "string"},
-                                            {"type": "array", "items": {"type": "string"}}]},
-                        "encoding_format": {"enum": ["float", "base64"]}},
-                    "example": {"model": "org/embedder", "input": ["a sentence", "another"]}}}}},
-                "responses": _responses({"description": '{"object": "list", "data": [{"object": '
-                                         '"embedding", "index": 0, "embedding": [...]}], '
-                                         '"model": ..., "usage": {...}}'})}},
-            "/health": {"get": {"summary": "Liveness.", "responses": {"200": {
-                "description": '{"status": "ok"}'}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics: requests, latency histogram, "
-                                 "batch sizes, queue depths, loaded models.",
-                                 "responses": {"200": {"description": "text/plain"}}}},
-        },
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
-    }
 
 
 async def _close(app: web.Application) -> None:
@@ -245,6 +202,8 @@ def setup(app: web.Application) -> None:
     # Preloading here makes a bad --models entry a start-up error, not a first-request one.
     for entry in options.preload:
         service.preload(entry)
-    app.router.add_post("/models/{repo_id:.+}", predict_handler)
-    app.router.add_post("/pipeline/{task}/{repo_id:.+}", predict_handler)
+    # Any character, newlines included: a repo id that cannot be one gets a JSON 422 from the
+    # handler, not the router's plain-text 404.
+    app.router.add_post(r"/models/{repo_id:[\s\S]+}", predict_handler)
+    app.router.add_post(r"/pipeline/{task}/{repo_id:[\s\S]+}", predict_handler)
     app.router.add_post("/v1/embeddings", embeddings_handler)

@@ -44,9 +44,10 @@ def spec(app: web.Application) -> dict:
 
         doc["paths"].update(paths())
     if options.inference:
-        from .inference_api import openapi_spec
+        from .inference_api import MAX_INPUTS, openapi_spec
 
-        inference = openapi_spec()
+        # request sizes the spec allows follow the server's real queue limit
+        inference = openapi_spec(max_inputs=min(MAX_INPUTS, options.max_queue))
         doc["paths"].update({k: v for k, v in inference["paths"].items() if k not in OPS_PATHS})
         doc["components"]["schemas"].update(inference.get("components", {}).get("schemas", {}))
     return doc

@@ -36,8 +36,9 @@ class Metrics:
         self.models_loaded = Gauge("modeldepot_models_loaded", "Models loaded for inference.",
                                    registry=r)
         self.model_bytes = Gauge("modeldepot_model_memory_bytes",
-                                 "Estimated memory of each loaded model (its weights).",
-                                 ["model", "task", "backend"], registry=r)
+                                 "Memory each loaded model counts for in the budget: what its "
+                                 "load made resident, at least its weights.",
+                                 ["model", "task", "backend", "precision"], registry=r)
 
     # The inference service reports through these three.
     def batch(self, label: str, size: int) -> None:
@@ -47,10 +48,13 @@ class Metrics:
         self.queue_depth.labels(label).set(depth)
 
     def models(self, loaded: list) -> None:
+        """``loaded``: (model, bytes it counts for) for each loaded model."""
         self.models_loaded.set(len(loaded))
         self.model_bytes.clear()
-        for model in loaded:
-            self.model_bytes.labels(model.label, model.task, model.backend).set(model.size_bytes)
+        for model, size in loaded:
+            # Added, not set: two loads may share labels (an alias moved to a new ONNX export).
+            self.model_bytes.labels(model.label, model.task, model.backend,
+                                    model.precision).inc(size if size is not None else model.size_bytes)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
