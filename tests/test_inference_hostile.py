@@ -12,8 +12,8 @@ import pytest
 from test_inference_server import post, serve
 from test_inference_zoo import assert_close, reference, zoo_home  # noqa: F401
 
-INTERNAL = {"error": "internal error: the request could not be answered; the server log has "
-                     "the details", "error_type": "InternalError"}
+INTERNAL = {"error": "internal error: the server log has the details",
+            "error_type": "InternalError"}
 
 
 def invalid(message: str) -> dict:

@@ -112,6 +112,10 @@ def _align_with_lines(result, lines: list[str]) -> None:
         outputs[pos] = out
     result.output = outputs
     result.truncated = [positions[i] for i in result.truncated]
+    if getattr(result, "token_truncated", None) is not None:
+        result.token_truncated = [positions[i] for i in result.token_truncated]
+    if getattr(result, "cut", None):
+        result.cut = [positions[i] for i in result.cut]
 
 
 def register(group: click.Group) -> None:

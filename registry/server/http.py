@@ -30,6 +30,8 @@ from aiohttp import web
 from ..errors import DepotError, InvalidInput, Unavailable
 
 log = logging.getLogger("modeldepot.server")
+# The one body of every unexpected failure: the details go to the log, never to the client.
+INTERNAL_ERROR = "internal error: the server log has the details"
 
 SERVER_NAME = "modeldepot"  # no version: it only helps an attacker pick an exploit
 RETRY_AFTER_S = "1"
@@ -130,8 +132,8 @@ async def errors(request: web.Request, handler):
                         request.path[:200], type(e).__name__)
             return error_response(out_of_resources())
         log.exception("%s %s failed", request.method, request.path[:200])
-        return web.json_response({"error": "internal error: the server log has the details",
-                                  "error_type": "InternalError"}, status=500)
+        return web.json_response({"error": INTERNAL_ERROR, "error_type": "InternalError"},
+                                 status=500)
     if isinstance(response, web.HTTPException):  # returned, not raised (older handlers)
         return _http_exception(response)
     return response

@@ -541,7 +541,7 @@ def _page_response(request: web.Request, body, more: int | None) -> web.Response
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
     raw = request.query.get(name)
-    if raw in (None, ""):
+    if raw is None:
         return default
     try:
         value = int(raw)

@@ -32,6 +32,7 @@ from ..errors import DepotError, InvalidInput, UnsupportedMediaType
 from ..inference.service import InferenceService
 from ..inference.tasks import MAX_INPUTS  # noqa: F401 - openapi.py reads the limit here
 from .app import DEPOT, OPTIONS
+from .http import INTERNAL_ERROR
 from .inference_spec import openapi_spec  # noqa: F401 - the family's paths, for openapi.py
 from .ops import METRICS
 
@@ -43,7 +44,6 @@ OPTION_KEYS = {"backend", "precision", "use_cache", "wait_for_model"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
 MAX_BODY_DEPTH = 32  # the deepest body the API takes has 4 levels (a list of QA objects)
 RETRY_AFTER_S = 1  # a full queue drains in well under a second at the default sizes
-INTERNAL_ERROR = "internal error: the request could not be answered; the server log has the details"
 
 
 def _error(status: int, message: str, error_type: str) -> web.Response:
