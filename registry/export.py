@@ -901,6 +901,7 @@ def list_exports(depot: Depot, name: str | None = None) -> list[dict]:
                 "quantize": recipe.get("quantize"),
                 "fp32_max_abs_diff": max(fp32.values()) if fp32 else None,
                 "int8": validation.get("int8"),
+                "warning": int8_warning(recipe),
                 "files": recipe.get("files"),
                 "size": rev.size,
                 "created_at": rev.created_at.strftime("%Y-%m-%dT%H:%M:%S") + "Z",

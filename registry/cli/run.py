@@ -78,6 +78,8 @@ def run_cmd(app, repo, texts, task, backend, int8, context, params, inputs_json,
         inputs = inputs_from_texts(chosen, list(texts), context)
     result = predict(None, repo, inputs, params, backend=backend,
                      precision="int8" if int8 else "fp32", prepared=(source, chosen))
+    if result.warning:
+        click.echo(f"warning: {result.warning}", err=True)
     for note in result.notes():
         click.echo(f"note: {note}", err=True)
     if as_json:

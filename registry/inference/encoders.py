@@ -49,6 +49,9 @@ class Pooling:
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
     max_seq_length: int | None = None
+    # sentence_bert_config.json's do_lower_case: sentence-transformers lowercases the text
+    # before its tokenizer sees it (whatever the tokenizer itself does)
+    lowercase: bool = False
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -110,7 +113,11 @@ class EncoderRunner:
         """One ``Result`` (or the exception for that item) per item, in order."""
         if self.task == "question-answering":
             return self._run_qa(items, params)
-        encodings = self.tokenizer.encode(items, self.max_length)
+        texts = items
+        if self.pooling is not None and self.pooling.lowercase and self.task in (
+                "feature-extraction", "sentence-similarity"):
+            texts = [t.lower() for t in items]
+        encodings = self.tokenizer.encode(texts, self.max_length)
         outputs = self.forward(encodings)
         results: list = []
         post = getattr(self, "_post_" + self.task.replace("-", "_"))
