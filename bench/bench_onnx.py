@@ -45,7 +45,7 @@ def build(model: str, root: Path, optimize: str | None) -> tuple[str, Path, dict
         depot = Depot(Settings.from_env(home=str(root / "home")))
     elif model == "minilm" or Path(model).is_dir():
         src = minilm_dir() if model == "minilm" else Path(model)
-        name = "bench/" + (src.parent.name if src.name == "model" else src.name)
+        name = "bench/" + ("all-MiniLM-L6-v2" if model == "minilm" else src.name)
         depot = Depot(Settings.from_env(home=str(root / "home")))
     else:  # a repo in the user's depot: exported there (an existing export is reused)
         src, name, depot = None, model, Depot(Settings.from_env())

@@ -12,7 +12,7 @@ ORT dynamic, per-tensor weights (the first wave)            0.9456  0.7485
 ORT dynamic, per-channel weights                            0.9900  0.9489
 ORT dynamic, per-channel, MatMul + Attention, no Gather     0.9901  0.9532
 ORT dynamic, per-channel, only the FFN up-projections       0.9962  0.9692
-this module: per-token activations, MatMul (Attention fp32)  0.9986  0.9895
+this module: per-token activations, MatMul (Attention fp32)  0.9985  0.9894
 ==========================================================  ======  ======
 
 The loss is in the activations, not the weights (weights alone, fake-quantized: min 0.9946).
@@ -25,17 +25,20 @@ scale per token confines the outlier to its own row. It also makes a text's int8
 independent of what else is in its batch: a per-tensor scale depends on the loudest neighbour.
 
 ONNX has no per-token dynamic quantization operator, so each ``MatMul`` with a constant weight
-``W[K, N]`` becomes a few standard ops around ORT's ``MatMulIntegerToFloat`` (u8 x s8, the VNNI
+``W[K, N]`` becomes a row reduction, one per-axis ``QuantizeLinear`` over the [tokens, K] view of
+X (a scale and zero point per row), and ORT's ``MatMulIntegerToFloat`` (u8 x s8, the VNNI
 kernel), which takes a scale per row::
 
-    symmetric (inputs from LayerNorm etc.):  s = max|X| / 127 per token, Xq = X / s + 128
-    asymmetric (after GELU/ReLU, skewed):    s = (max - min) / 255,       Xq = (X - min) / s
-    Y = MatMulIntegerToFloat(Xq, Wq, s, w_scale[, 128]) [+ min * colsum(W)]
+    symmetric (inputs from LayerNorm etc.):  s = max|X| / 127 per token,  zp = 128
+    asymmetric (after GELU/ReLU, skewed):    s = (max - min) / 255,      zp = round(-min / s)
+    Y = MatMulIntegerToFloat(QuantizeLinear(X, s, zp), Wq, s, w_scale[, 128])
+        [- zp * s * colsum(W)]       (the kernel takes no zero point per row)
 
-with ``Wq = round(W / w_scale)`` symmetric int8 per output column. The fused ``Attention`` nodes
-(query/key/value projections) stay fp32: rewritten into per-token int8 projections plus
-``MultiHeadAttention`` they lowered the minimum to 0.987 (symmetric 0.975) and were no faster
-here, because the extra element-wise passes cost what the int8 product saves.
+with ``Wq = round(W / w_scale)`` symmetric int8 per output column. Written first as separate
+element-wise ops (divide, round, add, clip, cast) the rewrite was slower than fp32: those passes
+over X cost more than the int8 product saved. The fused ``Attention`` nodes (query/key/value
+projections) stay fp32: rewritten into per-token int8 projections plus ``MultiHeadAttention``
+they lowered the minimum to 0.987 and were no faster here.
 """
 
 from __future__ import annotations
@@ -76,10 +79,6 @@ class _Rewrite:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.inits = {i.name: i for i in self.graph.initializer}
         self.producers = {out: n.op_type for n in self.graph.node for out in n.output}
-        self.uses: dict[str, int] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                self.uses[name] = self.uses.get(name, 0) + 1
         self.nodes: list = []
         self.new_inits: list = []
         self.quantized: dict[str, int] = {}
@@ -128,24 +127,32 @@ class _Rewrite:
         colsum = (wq.astype(np.int64).sum(axis=0) * scale).astype(np.float32)
         return self.const(f"{p}_Wq", wq), self.const(f"{p}_Wscale", scale), colsum
 
-    def quantize_input(self, x: str, p: str, asymmetric: bool) -> tuple[str, str, str | None, str | None]:
-        """(Xq, per-token scale, zero point for MatMulIntegerToFloat, per-token lo or None)."""
+    def quantize_input(self, x: str, p: str, k: int,
+                       asymmetric: bool) -> tuple[str, str, str | None, str | None]:
+        """(Xq, per-token scale, zero point for MatMulIntegerToFloat, per-token shift or None).
+
+        The rows are quantized by one ``QuantizeLinear`` with a scale and zero point per row
+        (per-axis on the [tokens, K] view: no copy), so X is read twice (reduction, quantization)
+        instead of once per element-wise op."""
         import numpy as np
 
-        zero = self.const("per_token_zero", np.array(0.0, dtype=np.float32))
         eps = self.const("per_token_eps", np.array(_EPS, dtype=np.float32))
-        one = self.const("per_token_one", np.array(1.0, dtype=np.float32))
+        flat = self.const("per_token_flat", np.array([-1], dtype=np.int64))
+        rows = self.const(f"per_token_rows_{k}", np.array([-1, k], dtype=np.int64))
         if asymmetric:
             # GELU/ReLU outputs are skewed positive: a zero point per token keeps all 256 levels
-            # for the range the values take. Quantized as (x - lo) / s, so the zero point's
-            # share, lo * colsum(W), is added back after the integer product.
+            # for the range the values take; its share, zp * s * colsum(W), is taken off after
+            # the integer product (MatMulIntegerToFloat takes no zero point per row).
+            zero = self.const("per_token_zero", np.array(0.0, dtype=np.float32))
             lo = self.op("Min", [self.reduce("ReduceMin", x, f"{p}_min"), zero], f"{p}_lo")
             hi = self.op("Max", [self.reduce("ReduceMax", x, f"{p}_max"), zero], f"{p}_hi")
             span = self.op("Max", [self.op("Sub", [hi, lo], f"{p}_span"), eps], f"{p}_span_eps")
             s = self.op("Div", [span, self.const("per_token_255", np.array(255.0, np.float32))],
                         f"{p}_s")
-            shifted = self.op("Sub", [x, lo], f"{p}_x_lo")
-            u8_zero = self.const("per_token_u8_0", np.array(0, dtype=np.uint8))
+            zp_f = self.op("Round", [self.op("Neg", [self.op("Div", [lo, s], f"{p}_lo_s")],
+                                             f"{p}_neg")], f"{p}_zp_f")
+            zp_row = self.op("Cast", [zp_f], f"{p}_zp_u8", to=2)  # TensorProto.UINT8
+            shift = self.op("Mul", [zp_f, s], f"{p}_zp_s")
             zp = None
         else:
             # Symmetric around the fixed zero point 128: nothing to correct after the product,
@@ -154,20 +161,24 @@ class _Rewrite:
             s = self.op("Div", [self.op("Max", [amax, eps], f"{p}_amax_eps"),
                                 self.const("per_token_127", np.array(127.0, np.float32))],
                         f"{p}_s")
-            shifted, lo = x, None
-            u8_zero = zp = self.const("per_token_u8_128", np.array(128, dtype=np.uint8))
-        scaled = self.op("Mul", [shifted, self.op("Reciprocal", [s], f"{p}_inv_s")], f"{p}_x_n")
-        xq = self.op("QuantizeLinear", [scaled, one, u8_zero], f"{p}_xq")
-        return xq, s, zp, lo
+            zp = self.const("per_token_u8_128", np.array(128, dtype=np.uint8))
+            zp_row = self.op("Expand", [zp, self.op("Shape", [s], f"{p}_s_shape")], f"{p}_zp_u8")
+            shift = None
+        xq_rows = self.op("QuantizeLinear", [self.op("Reshape", [x, rows], f"{p}_x_rows"),
+                                              self.op("Reshape", [s, flat], f"{p}_s_flat"),
+                                              self.op("Reshape", [zp_row, flat], f"{p}_zp_flat")],
+                          f"{p}_xq_rows", axis=0)
+        xq = self.op("Reshape", [xq_rows, self.op("Shape", [x], f"{p}_x_shape")], f"{p}_xq")
+        return xq, s, zp, shift
 
-    def product(self, xq: str, s: str, zp: str | None, lo: str | None, wq: str, wscale: str,
+    def product(self, xq: str, s: str, zp: str | None, shift: str | None, wq: str, wscale: str,
                 colsum, p: str, out: str) -> str:
         inputs = [xq, wq, s, wscale] + ([zp] if zp else [])
-        if lo is None:
+        if shift is None:
             return self.op("MatMulIntegerToFloat", inputs, out, domain="com.microsoft")
         acc = self.op("MatMulIntegerToFloat", inputs, f"{p}_acc", domain="com.microsoft")
-        shift = self.op("Mul", [lo, self.const(f"{p}_Wcolsum", colsum)], f"{p}_shift")
-        return self.op("Add", [acc, shift], out)
+        correction = self.op("Mul", [shift, self.const(f"{p}_Wcolsum", colsum)], f"{p}_shift")
+        return self.op("Sub", [acc, correction], out)
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -182,12 +193,13 @@ class _Rewrite:
             self.nodes.append(node)
         if self.quantized and not any(o.domain == "com.microsoft" for o in self.model.opset_import):
             self.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        replaced = {n for node in self.nodes for n in node.input}
-        kept = [i for i in self.graph.initializer if i.name in replaced]
+        # fp32 weights that were replaced by their int8 copies go (unless something else uses them)
+        used = {n for node in self.nodes for n in node.input}
+        kept = [i for i in self.graph.initializer if i.name in used]
         kept_names = {i.name for i in kept}
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept + [i for i in self.new_inits
-                                              if i.name in replaced and i.name not in kept_names])
+                                              if i.name in used and i.name not in kept_names])
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
         # Shapes recorded for the fp32 graph's intermediate tensors do not hold any more.
@@ -200,9 +212,9 @@ class _Rewrite:
         p = _prefix(node)
         x = node.input[0]
         asym = self.producers.get(x) in ASYMMETRIC_AFTER
-        xq, s, zp, lo = self.quantize_input(x, p, asym)
+        xq, s, zp, shift = self.quantize_input(x, p, w.shape[0], asym)
         wq, wscale, colsum = self.int8_weight(p, w)
-        self.product(xq, s, zp, lo, wq, wscale, colsum, p, node.output[0])
+        self.product(xq, s, zp, shift, wq, wscale, colsum, p, node.output[0])
         self.quantized["MatMul"] = self.quantized.get("MatMul", 0) + 1
         return True
 
