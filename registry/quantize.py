@@ -2,43 +2,41 @@
 
 Why not ONNX Runtime's dynamic quantizer alone (``quantize_dynamic`` / optimum's
 ``ORTQuantizer``): it computes one activation scale per tensor, that is per *batch*. Measured on
-the real all-MiniLM-L6-v2 (O2 graph, 61 varied sentences, cosine of the pooled embedding against
-fp32; see docs/onnx.md):
+the real all-MiniLM-L6-v2 (61 varied sentences of registry/validation_texts.py, cosine of the
+pooled embedding against fp32; more rows in docs/onnx.md):
 
-==========================================================  ======  ======
-quantization (cosine int8 vs fp32)                          mean    min
-==========================================================  ======  ======
-ORT dynamic, per-tensor weights (the first wave)            0.9456  0.7485
-ORT dynamic, per-channel weights                            0.9900  0.9489
-ORT dynamic, per-channel, MatMul + Attention, no Gather     0.9901  0.9532
-ORT dynamic, per-channel, only the FFN up-projections       0.9962  0.9692
-this module: per-token activations, MatMul (Attention fp32)  0.9985  0.9894
-==========================================================  ======  ======
+===========================================================  ======  ======
+quantization (cosine int8 vs fp32)                           mean    min
+===========================================================  ======  ======
+ORT dynamic, per-tensor weights (the first wave), O2         0.9456  0.7485
+ORT dynamic, per-channel weights, O2                         0.9900  0.9489
+ORT dynamic, per-channel, only the FFN up-projections, O2    0.9962  0.9692
+this module, O2 (fused Attention stays fp32)                 0.9991  0.9946
+this module, O1 (every projection int8)                      0.9983  0.9902
+===========================================================  ======  ======
 
 The loss is in the activations, not the weights (weights alone, fake-quantized: min 0.9946).
 BERT-style encoders carry a few huge values: in all-MiniLM-L6-v2 hidden channel 99 of the [CLS]
 token reaches 28 at the input of every FFN up-projection, where the median channel is under 1, so
 one scale per tensor leaves the other tokens of a short sentence a handful of levels ("Thanks!"
 is the worst sentence of the set). No single node is to blame (excluding any one MatMul moves the
-minimum by at most 0.01), so excluding nodes cannot reach the floor while keeping the speed; one
+minimum by at most 0.02), so excluding nodes cannot reach the floor while keeping the speed; one
 scale per token confines the outlier to its own row. It also makes a text's int8 answer
 independent of what else is in its batch: a per-tensor scale depends on the loudest neighbour.
 
 ONNX has no per-token dynamic quantization operator, so each ``MatMul`` with a constant weight
-``W[K, N]`` becomes a row reduction, one per-axis ``QuantizeLinear`` over the [tokens, K] view of
-X (a scale and zero point per row), and ORT's ``MatMulIntegerToFloat`` (u8 x s8, the VNNI
-kernel), which takes a scale per row::
+``W[K, N]`` becomes two row reductions, one per-axis ``QuantizeLinear`` over the [tokens, K]
+view of X (a scale and zero point per row), and ORT's ``MatMulIntegerToFloat`` (u8 x s8, the
+VNNI kernel), which takes a scale per row::
 
-    symmetric (inputs from LayerNorm etc.):  s = max|X| / 127 per token,  zp = 128
-    asymmetric (after GELU/ReLU, skewed):    s = (max - min) / 255,      zp = round(-min / s)
-    Y = MatMulIntegerToFloat(QuantizeLinear(X, s, zp), Wq, s, w_scale[, 128])
-        [- zp * s * colsum(W)]       (the kernel takes no zero point per row)
+    s = (max(X, 0) - min(X, 0)) / 255 per token,   zp = round(-min / s)
+    Y = MatMulIntegerToFloat(QuantizeLinear(X, s, zp), Wq, s, w_scale) - zp * s * colsum(W)
 
 with ``Wq = round(W / w_scale)`` symmetric int8 per output column. Written first as separate
 element-wise ops (divide, round, add, clip, cast) the rewrite was slower than fp32: those passes
-over X cost more than the int8 product saved. The fused ``Attention`` nodes (query/key/value
-projections) stay fp32: rewritten into per-token int8 projections plus ``MultiHeadAttention``
-they lowered the minimum to 0.987 and were no faster here.
+over X cost more than the int8 product saved. ORT's fused ``Attention`` nodes (O2/O3) keep their
+query/key/value projections fp32 (rewritten into int8 projections plus ``MultiHeadAttention``
+they were no faster here); with O1 those projections are plain MatMuls and are quantized too.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from __future__ import annotations
 from pathlib import Path
 
 METHOD = "per-token-activations"
-ASYMMETRIC_AFTER = {"Gelu", "BiasGelu", "FastGelu", "Relu", "QuickGelu"}
 _EPS = 1e-8
 
 
@@ -64,8 +61,7 @@ def quantize_encoder(src: Path, dst: Path, external_data: bool = False) -> dict:
     else:
         onnx.save(model, str(dst))
     return {"method": METHOD, "weights": "int8, symmetric, per output channel",
-            "activations": "uint8, dynamic, per token (asymmetric after GELU/ReLU, "
-                           "symmetric elsewhere)",
+            "activations": "uint8, dynamic, asymmetric, per token",
             "quantized": dict(sorted(rewrite.quantized.items())),
             "kept_fp32": dict(sorted(rewrite.kept.items()))}
 
@@ -78,11 +74,11 @@ class _Rewrite:
         self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.inits = {i.name: i for i in self.graph.initializer}
-        self.producers = {out: n.op_type for n in self.graph.node for out in n.output}
         self.nodes: list = []
         self.new_inits: list = []
         self.quantized: dict[str, int] = {}
         self.kept: dict[str, int] = {}
+        self.quantized_inputs: dict[tuple, tuple] = {}
         self.to_array = numpy_helper.to_array
 
     # -- helpers --------------------------------------------------------------------------
@@ -127,56 +123,41 @@ class _Rewrite:
         colsum = (wq.astype(np.int64).sum(axis=0) * scale).astype(np.float32)
         return self.const(f"{p}_Wq", wq), self.const(f"{p}_Wscale", scale), colsum
 
-    def quantize_input(self, x: str, p: str, k: int,
-                       asymmetric: bool) -> tuple[str, str, str | None, str | None]:
-        """(Xq, per-token scale, zero point for MatMulIntegerToFloat, per-token shift or None).
+    def quantize_input(self, x: str, p: str, k: int) -> tuple[str, str, str]:
+        """(Xq, per-token scale, per-token zp * scale).
 
-        The rows are quantized by one ``QuantizeLinear`` with a scale and zero point per row
-        (per-axis on the [tokens, K] view: no copy), so X is read twice (reduction, quantization)
-        instead of once per element-wise op."""
+        uint8 with a scale and a zero point per token: activations are far from centred per
+        token (layer-norm outputs as much as GELU outputs), and a symmetric scale around a
+        fixed zero point measured worse (minimum cosine 0.969 vs 0.990 on MiniLM with every
+        projection quantized). The rows are quantized by one per-axis ``QuantizeLinear`` on the
+        [tokens, K] view (no copy), so X is read twice (reductions, quantization) instead of
+        once per element-wise op. The zero point's share, zp * s * colsum(W), is taken off
+        after the product: ``MatMulIntegerToFloat`` takes no zero point per row."""
         import numpy as np
 
         eps = self.const("per_token_eps", np.array(_EPS, dtype=np.float32))
         flat = self.const("per_token_flat", np.array([-1], dtype=np.int64))
         rows = self.const(f"per_token_rows_{k}", np.array([-1, k], dtype=np.int64))
-        if asymmetric:
-            # GELU/ReLU outputs are skewed positive: a zero point per token keeps all 256 levels
-            # for the range the values take; its share, zp * s * colsum(W), is taken off after
-            # the integer product (MatMulIntegerToFloat takes no zero point per row).
-            zero = self.const("per_token_zero", np.array(0.0, dtype=np.float32))
-            lo = self.op("Min", [self.reduce("ReduceMin", x, f"{p}_min"), zero], f"{p}_lo")
-            hi = self.op("Max", [self.reduce("ReduceMax", x, f"{p}_max"), zero], f"{p}_hi")
-            span = self.op("Max", [self.op("Sub", [hi, lo], f"{p}_span"), eps], f"{p}_span_eps")
-            s = self.op("Div", [span, self.const("per_token_255", np.array(255.0, np.float32))],
-                        f"{p}_s")
-            zp_f = self.op("Round", [self.op("Neg", [self.op("Div", [lo, s], f"{p}_lo_s")],
-                                             f"{p}_neg")], f"{p}_zp_f")
-            zp_row = self.op("Cast", [zp_f], f"{p}_zp_u8", to=2)  # TensorProto.UINT8
-            shift = self.op("Mul", [zp_f, s], f"{p}_zp_s")
-            zp = None
-        else:
-            # Symmetric around the fixed zero point 128: nothing to correct after the product,
-            # and MatMulIntegerToFloat takes the scalar zero point.
-            amax = self.reduce("ReduceMax", self.op("Abs", [x], f"{p}_abs"), f"{p}_amax")
-            s = self.op("Div", [self.op("Max", [amax, eps], f"{p}_amax_eps"),
-                                self.const("per_token_127", np.array(127.0, np.float32))],
-                        f"{p}_s")
-            zp = self.const("per_token_u8_128", np.array(128, dtype=np.uint8))
-            zp_row = self.op("Expand", [zp, self.op("Shape", [s], f"{p}_s_shape")], f"{p}_zp_u8")
-            shift = None
+        zero = self.const("per_token_zero", np.array(0.0, dtype=np.float32))
+        lo = self.op("Min", [self.reduce("ReduceMin", x, f"{p}_min"), zero], f"{p}_lo")
+        hi = self.op("Max", [self.reduce("ReduceMax", x, f"{p}_max"), zero], f"{p}_hi")
+        span = self.op("Max", [self.op("Sub", [hi, lo], f"{p}_span"), eps], f"{p}_span_eps")
+        s = self.op("Div", [span, self.const("per_token_255", np.array(255.0, np.float32))],
+                    f"{p}_s")
+        zp_f = self.op("Round", [self.op("Neg", [self.op("Div", [lo, s], f"{p}_lo_s")],
+                                         f"{p}_neg")], f"{p}_zp_f")
+        zp_row = self.op("Cast", [zp_f], f"{p}_zp_u8", to=2)  # TensorProto.UINT8
         xq_rows = self.op("QuantizeLinear", [self.op("Reshape", [x, rows], f"{p}_x_rows"),
                                               self.op("Reshape", [s, flat], f"{p}_s_flat"),
                                               self.op("Reshape", [zp_row, flat], f"{p}_zp_flat")],
                           f"{p}_xq_rows", axis=0)
         xq = self.op("Reshape", [xq_rows, self.op("Shape", [x], f"{p}_x_shape")], f"{p}_xq")
-        return xq, s, zp, shift
+        return xq, s, self.op("Mul", [zp_f, s], f"{p}_zp_s")
 
-    def product(self, xq: str, s: str, zp: str | None, shift: str | None, wq: str, wscale: str,
-                colsum, p: str, out: str) -> str:
-        inputs = [xq, wq, s, wscale] + ([zp] if zp else [])
-        if shift is None:
-            return self.op("MatMulIntegerToFloat", inputs, out, domain="com.microsoft")
-        acc = self.op("MatMulIntegerToFloat", inputs, f"{p}_acc", domain="com.microsoft")
+    def product(self, xq: str, s: str, shift: str, wq: str, wscale: str, colsum, p: str,
+                out: str) -> str:
+        acc = self.op("MatMulIntegerToFloat", [xq, wq, s, wscale], f"{p}_acc",
+                      domain="com.microsoft")
         correction = self.op("Mul", [shift, self.const(f"{p}_Wcolsum", colsum)], f"{p}_shift")
         return self.op("Sub", [acc, correction], out)
 
@@ -211,10 +192,12 @@ class _Rewrite:
             return False
         p = _prefix(node)
         x = node.input[0]
-        asym = self.producers.get(x) in ASYMMETRIC_AFTER
-        xq, s, zp, shift = self.quantize_input(x, p, w.shape[0], asym)
+        # Q, K and V (unfused attention, O1) read the same input: quantize it once
+        if x not in self.quantized_inputs:
+            self.quantized_inputs[x] = self.quantize_input(x, p, w.shape[0])
+        xq, s, shift = self.quantized_inputs[x]
         wq, wscale, colsum = self.int8_weight(p, w)
-        self.product(xq, s, zp, shift, wq, wscale, colsum, p, node.output[0])
+        self.product(xq, s, shift, wq, wscale, colsum, p, node.output[0])
         self.quantized["MatMul"] = self.quantized.get("MatMul", 0) + 1
         return True
 

@@ -125,8 +125,8 @@ def test_recipe_row_lineage_and_files(depot, models):
     int8 = dict(recipe["validation"]["int8"])
     assert int8.pop("quantized") == {
         "method": "per-token-activations", "weights": "int8, symmetric, per output channel",
-        "activations": "uint8, dynamic, per token (asymmetric after GELU/ReLU, symmetric "
-                       "elsewhere)", "quantized": {"MatMul": 6}, "kept_fp32": {"Attention": 2}}
+        "activations": "uint8, dynamic, asymmetric, per token", "quantized": {"MatMul": 6},
+        "kept_fp32": {"Attention": 2}}
     assert int8 == {"metric": "top1_agreement", "value": 1.0, "floor": 0.99, "passed": True,
                     "forced": False}
     assert recipe["validation"]["samples"] == 61  # registry/validation_texts.py
