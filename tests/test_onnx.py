@@ -122,8 +122,14 @@ def test_recipe_row_lineage_and_files(depot, models):
         "text-classification", "O2", "int8")
     assert recipe["quantization"]["approach"] == "dynamic"
     assert recipe["opset"] == 18 and recipe["duration_s"] > 0
-    assert recipe["validation"]["int8"] == {"metric": "top1_agreement", "value": 1.0,
-                                            "floor": 0.9, "passed": True, "forced": False}
+    int8 = dict(recipe["validation"]["int8"])
+    assert int8.pop("quantized") == {
+        "method": "per-token-activations", "weights": "int8, symmetric, per output channel",
+        "activations": "uint8, dynamic, asymmetric, per token", "quantized": {"MatMul": 6},
+        "kept_fp32": {"Attention": 2}}
+    assert int8 == {"metric": "top1_agreement", "value": 1.0, "floor": 0.99, "passed": True,
+                    "forced": False}
+    assert recipe["validation"]["samples"] == 61  # registry/validation_texts.py
     # the source files, unchanged, plus optimum's onnx/ folder
     derived = {f["path"]: f["sha256"] for f in depot.resolve("model", "org/clf", "onnx")["files"]}
     assert {f["path"]: f["sha256"] for f in source_files}.items() <= derived.items()
@@ -255,7 +261,7 @@ def test_int8_below_floor_is_refused_unless_forced(cli, depot, models):
     r = cli("onnx", "export", "org/emb", "--quantize", "int8", "--min-agreement", "1")
     assert r.exit_code == 1
     m = re.fullmatch(
-        r"Error: int8 cosine similarity with fp32 is (0\.\d{6}), below the floor 1 by (\S+); "
+        r"Error: int8 cosine similarity with fp32 is ([01]\.\d{6}), below the floor 1 by (\S+); "
         r"nothing was registered\. Pass --force to register it anyway, or export without "
         r"--quantize\n", r.output)
     assert m, r.output
@@ -265,9 +271,53 @@ def test_int8_below_floor_is_refused_unless_forced(cli, depot, models):
 
     r = cli("onnx", "export", "org/emb", "--quantize", "int8", "--min-agreement", "1", "--force")
     assert r.exit_code == 0, r.output
-    assert f"  int8 vs fp32: cosine similarity {float(m.group(1)):.4f} (floor 1) FORCED\n" in r.output
     int8 = depot.show("model", "org/emb", "onnx")["revision"]["recipe"]["validation"]["int8"]
     assert (int8["passed"], int8["forced"]) == (False, True)
+    assert int8["value"] == float(m.group(1)) and (int8["floor"], int8["mean_floor"]) == (1, 1)
+    assert (f"  int8 vs fp32 (61 texts): cosine similarity min {int8['value']:.4f} (floor 1), "
+            f"mean {int8['mean']:.4f} (floor 1) FORCED: below the floor\n") in r.output
+    warning = (f"int8 export forced below its validation floor: cosine similarity min "
+               f"{int8['value']:.4f} (floor 1), mean {int8['mean']:.4f} (floor 1); its answers "
+               "may differ from fp32")
+
+    # ... and every place that shows or uses it says so
+    r = cli("onnx", "list")
+    assert f" {int8['value']:.3f} FORCED " in r.output, r.output
+    assert [row["warning"] for row in json.loads(cli("onnx", "list", "--json").output)] == [warning]
+    assert f"\n  warning: {warning}\n" in cli("show", "org/emb@onnx").output
+    assert json.loads(cli("show", "org/emb@onnx", "--json").output)["revision"]["warning"] == warning
+    assert "warning" not in cli("show", "org/emb").output  # the source revision is fine
+    r = cli("run", "org/emb", "--int8", "some text", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["warning"] == warning
+    assert r.stderr == f"warning: {warning}\n"
+    r = cli("run", "org/emb", "some text", "--json")  # fp32 met its tolerance: no warning
+    assert json.loads(r.stdout)["warning"] is None and r.stderr == ""
+    _check_http_warnings(depot, warning)
+
+
+def _check_http_warnings(depot, warning):
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from registry.server.app import ServeOptions, create_app
+
+    async def main():
+        app = create_app(depot.settings, ServeOptions(hub_api=False))
+        async with TestClient(TestServer(app)) as client:
+            r = await client.post("/models/org/emb", json={"inputs": "some text",
+                                                           "options": {"precision": "int8"}})
+            assert r.status == 200 and r.headers["X-Inference-Warning"] == warning
+            r = await client.post("/models/org/emb", json={"inputs": "some text"})
+            assert r.status == 200 and "X-Inference-Warning" not in r.headers
+            r = await client.post("/v1/embeddings", json={"model": "org/emb", "input": "x",
+                                                           "precision": "int8"})
+            assert r.status == 200 and (await r.json())["warning"] == warning
+            r = await client.post("/v1/embeddings", json={"model": "org/emb", "input": "x"})
+            assert "warning" not in await r.json()
+
+    asyncio.run(main())
 
 
 KILL_SCRIPT = """

@@ -47,11 +47,16 @@ def test_run_sentence_similarity_and_json_envelope(run, zoo_home):
     from test_inference_zoo import zoo_settings
 
     depot = Depot(zoo_settings(zoo_home))
+    # a sentence-transformers repo embeds by default (as the Hub's Inference API does)
     r = run("zoo/embedder", "a good movie", "a good film", "the sea", "--json")
+    assert json.loads(r.output)["task"] == "feature-extraction"
+    r = run("zoo/embedder", "--task", "sentence-similarity", "a good movie", "a good film",
+            "the sea", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert set(out) == {"model", "commit", "answered_by", "task", "backend", "precision",
-                        "size_bytes", "truncated", "warnings", "outputs"}
+                        "size_bytes", "warning", "truncated", "warnings", "outputs"}
+    assert out["warning"] is None
     assert (out["model"], out["task"], out["backend"], out["precision"]) == (
         "zoo/embedder", "sentence-similarity", "onnx", "fp32")
     assert out["commit"] == depot.resolve("model", "zoo/embedder")["commit"]
@@ -120,7 +125,7 @@ def test_run_an_ad_hoc_directory(cli, models):
      "unknown parameter 'topk' for text-classification; accepted: top_k, function_to_apply"),
     (["zoo/classifier", "--int8", "x"],
      "the ONNX export has no int8 model (it has fp32); export one with --quantize int8"),
-    (["zoo/embedder", "only one"],
+    (["zoo/embedder", "--task", "sentence-similarity", "only one"],
      "sentence-similarity needs two or more INPUT texts: the first is compared with the others"),
     (["./no/such/dir", "x"], "no such model directory: ./no/such/dir"),
 ])

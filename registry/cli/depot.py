@@ -110,8 +110,11 @@ def show_cmd(app, spec, repo_type, as_json):
     """Show a repo's revisions, refs, lineage and the files of one revision."""
     s = parse_spec_arg(spec)
     info = app.depot.show(repo_type, s.name, s.revision)
+    from ..export import int8_warning
+
+    warning = int8_warning(info["revision"]["recipe"])
     if as_json:
-        emit_json(info)
+        emit_json({**info, "revision": {**info["revision"], "warning": warning}})
         return
     repo, rev = info["repo"], info["revision"]
     click.echo(f"{repo['type']} {repo['name']}")
@@ -149,6 +152,8 @@ def show_cmd(app, spec, repo_type, as_json):
     if rev["recipe"]:
         r = rev["recipe"]
         click.echo("  recipe: " + ", ".join(f"{k}={r[k]}" for k in sorted(r) if not isinstance(r[k], (dict, list))))
+        if warning:
+            click.echo(f"  warning: {warning}")
     if rev["partial"]:
         click.echo(f"  partial: {len(rev['files'])} of {len(rev['files']) + len(rev['missing_files'])}"
                    f" files present; 'modeldepot pull {repo['name']}@{rev['commit'][:12]}"

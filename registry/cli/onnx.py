@@ -39,8 +39,9 @@ def onnx_group():
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="Largest absolute difference from PyTorch allowed in fp32 outputs.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1),
-              help="Floor on int8 agreement with fp32 [default: 0.9 top-1 for classifiers, "
-                   "0.98 cosine for embeddings, 0.75 tokens for generation].")
+              help="Floor on int8 agreement with fp32 [default: 0.99 top-1 for classifiers; "
+                   "for embeddings mean cosine 0.99 and minimum 0.98 (this sets both); 0.75 "
+                   "tokens for generation].")
 @click.option("--force", is_flag=True,
               help="Register the int8 variant even when its agreement is below the floor.")
 @repo_type_option
@@ -102,9 +103,15 @@ def validation_lines(recipe: dict) -> list[str]:
         lines.append(f"fp32 vs PyTorch: max abs diff {worst:.2e} (atol {v['atol']:g})")
     int8 = v.get("int8")
     if int8:
-        forced = " FORCED" if int8.get("forced") else ""
-        lines.append(f"int8 vs fp32: {METRIC_LABELS[int8['metric']]} {int8['value']:.4f} "
-                     f"(floor {int8['floor']:g}){forced}")
+        forced = " FORCED: below the floor" if int8.get("forced") else ""
+        label = METRIC_LABELS[int8["metric"]]
+        if "mean" in int8:
+            lines.append(f"int8 vs fp32 ({v.get('samples')} texts): {label} min "
+                         f"{int8['value']:.4f} (floor {int8['floor']:g}), mean {int8['mean']:.4f} "
+                         f"(floor {int8['mean_floor']:g}){forced}")
+        else:
+            lines.append(f"int8 vs fp32: {label} {int8['value']:.4f} "
+                         f"(floor {int8['floor']:g}){forced}")
     return lines
 
 
@@ -128,12 +135,18 @@ def list_cmd(app, repo, as_json):
         [(r["repo"], r["commit"][:12], r["parent_commit"][:12], ",".join(r["refs"]) or "-",
           r["task"], r["opset"], r["optimize"] or "-", r["quantize"] or "-",
           f"{r['fp32_max_abs_diff']:.1e}" if r["fp32_max_abs_diff"] is not None else "-",
-          f"{r['int8']['value']:.3f}" if r["int8"] else "-", human_size(r["size"]),
+          _int8_cell(r["int8"]), human_size(r["size"]),
           r["created_at"][:19])
          for r in rows],
         ["REPO", "COMMIT", "PARENT", "REFS", "TASK", "OPSET", "OPT", "QUANT", "FP32 DIFF",
          "INT8 AGREE", "SIZE", "CREATED"],
     ))
+
+
+def _int8_cell(int8: dict | None) -> str:
+    if not int8:
+        return "-"
+    return f"{int8['value']:.3f}" + (" FORCED" if int8.get("forced") else "")
 
 
 def register(group) -> None:

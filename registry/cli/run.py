@@ -93,6 +93,8 @@ def run_cmd(app, repo, texts, task, backend, int8, context, params, inputs_json,
                      precision="int8" if int8 else "fp32", prepared=(source, chosen))
     if per_line:
         _align_with_lines(result, lines)
+    if result.warning:
+        click.echo(f"warning: {result.warning}", err=True)
     for note in result.notes():
         click.echo(f"note: {note}", err=True)
     if as_json:

@@ -195,7 +195,8 @@ def sentence_pooling(snapshot: Path) -> Pooling | None:
             )
     st_config = _read_json(snapshot / "sentence_bert_config.json")
     max_len = st_config.get("max_seq_length")
-    return Pooling(modes, normalize, max_len if isinstance(max_len, int) else None)
+    return Pooling(modes, normalize, max_len if isinstance(max_len, int) else None,
+                   lowercase=st_config.get("do_lower_case") is True)
 
 
 def _read_json(path: Path) -> dict:
@@ -342,6 +343,7 @@ class LoadedModel:
     runner: Any
     size_bytes: int
     precision: str = "fp32"
+    warning: str | None = None  # e.g. an int8 export forced below its validation floor
     # Views of these weights for other tasks of the same engine (see ``engine_task``).
     _views: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False,
                                 compare=False)
@@ -377,7 +379,8 @@ class LoadedModel:
     def describe(self) -> dict:
         return {"model": self.source.name, "commit": self.source.commit,
                 "answered_by": self.commit, "task": self.task, "backend": self.backend,
-                "precision": self.precision, "size_bytes": self.size_bytes}
+                "precision": self.precision, "size_bytes": self.size_bytes,
+                "warning": self.warning}
 
 
 def _files_size(paths) -> int:
@@ -413,9 +416,10 @@ def load_model(source: ModelSource, task: str, backend: str = "auto", *,
         raise InvalidInput("int8 needs the ONNX backend (an export made with --quantize int8)")
     size = estimate_size(source, chosen, export, precision)
     commit = export.commit if export is not None else source.commit
+    warning = export.warnings.get(precision) if export is not None else None
     if task_family(task) not in ENCODER_TASKS:
         runner = GenerationRunner(task, source, chosen, export, precision)
-        return LoadedModel(source, task, chosen, commit, runner, size, precision)
+        return LoadedModel(source, task, chosen, commit, runner, size, precision, warning)
     from .tokenizer import FastTokenizer
 
     tokenizer = FastTokenizer(source.snapshot)
@@ -427,4 +431,4 @@ def load_model(source: ModelSource, task: str, backend: str = "auto", *,
     pooling = sentence_pooling(source.snapshot)
     runner = EncoderRunner(task, tokenizer, engine, source.config, pooling=pooling,
                            max_batch_tokens=max_batch_tokens)
-    return LoadedModel(source, task, chosen, commit, runner, size, precision)
+    return LoadedModel(source, task, chosen, commit, runner, size, precision, warning)

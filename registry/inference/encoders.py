@@ -56,6 +56,9 @@ class Pooling:
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
     max_seq_length: int | None = None
+    # sentence_bert_config.json's do_lower_case: sentence-transformers lowercases the text
+    # before its tokenizer sees it (whatever the tokenizer itself does)
+    lowercase: bool = False
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -125,7 +128,11 @@ class EncoderRunner:
         if self.task == "question-answering":
             return self._run_qa(items, params)
         items, cuts = self._cut(items)
-        encodings = self._encode(items, self.max_length)
+        texts = items
+        if self.pooling is not None and self.pooling.lowercase and self.task in (
+                "feature-extraction", "sentence-similarity"):
+            texts = [t.lower() for t in items]  # sentence_bert_config.json's do_lower_case
+        encodings = self._encode(texts, self.max_length)
         good = [i for i, enc in enumerate(encodings) if not isinstance(enc, InputError)]
         outputs = dict(zip(good, self.forward([encodings[i] for i in good])))
         results: list = []

@@ -15,7 +15,7 @@ from ..errors import InvalidInput
 from .cache import MB, ModelCache
 from .encoders import MAX_CHARS_PER_TOKEN, InputError
 from .source import ModelSource, from_directory, from_registry, is_path
-from .tasks import Request, collate, parse_inputs
+from .tasks import Request, collate, parse_inputs, task_for_inputs
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 
@@ -45,6 +45,10 @@ class Answer:
                          f"tokenizing ({MAX_CHARS_PER_TOKEN} per token of the model's maximum "
                          "input length)")
         return notes
+
+    @property
+    def warning(self) -> str | None:
+        return self.model.get("warning")
 
     def to_json(self) -> dict:
         return {**self.model, "truncated": self.truncated, "warnings": self.notes(),
@@ -97,7 +101,7 @@ def predict(depot, spec: str, inputs: Any, parameters: dict | None = None, *,
     """Load and run once (``modeldepot run``): no cache, no batcher, no server."""
     from .backends import load_model
 
-    source, chosen = prepared or prepare(depot, spec, task)
+    source, chosen = prepared or prepare(depot, spec, task_for_inputs(task, inputs))
     request = parse_inputs(chosen, inputs, parameters)  # bad input fails before any load
     model = load_model(source, chosen, backend, precision=precision)
     return answer(model, request, model.run(request.items, request.params))
@@ -225,7 +229,7 @@ class InferenceService:
     async def apredict(self, spec: str, inputs: Any, parameters: dict | None = None, *,
                        task: str | None = None, backend: str = "auto",
                        precision: str = "fp32") -> Answer:
-        key, model = await self.model(spec, task, backend, precision)
+        key, model = await self.model(spec, task_for_inputs(task, inputs), backend, precision)
         request = parse_inputs(model.task, inputs, parameters)
         batcher = self._batcher(key, model)
         try:

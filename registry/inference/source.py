@@ -31,6 +31,7 @@ class OnnxExport:
     task: str | None  # what it was exported for (optimum's name), None when unknown
     files: dict  # precision -> path or list of paths (seq2seq: encoder, decoder, with past)
     ref: str | None = None
+    warnings: dict = field(default_factory=dict)  # precision -> why its answers are suspect
 
     def answers(self, task: str) -> bool:
         tasks = export_tasks(self.task)
@@ -201,7 +202,11 @@ def from_registry(depot, spec: str) -> ModelSource:
 
 
 def _export(depot, repo, revision, artifact, refs: dict) -> OnnxExport:
+    from ..export import int8_warning
+
     recipe = artifact.recipe or {}
     files = recipe.get("files") or {"fp32": "onnx/model.onnx"}
+    warning = int8_warning(recipe)
     return OnnxExport(revision.commit, depot.snapshot_dir("model", repo.name, revision.commit),
-                      recipe.get("task"), files, refs.get(revision.commit))
+                      recipe.get("task"), files, refs.get(revision.commit),
+                      {"int8": warning} if warning else {})

@@ -107,6 +107,10 @@ def model_tasks(config: dict, pipeline_tag: str | None, sentence_transformers: b
             if tasks:
                 break
     tag = ALIASES.get(pipeline_tag or "", pipeline_tag)
+    if sentence_transformers:
+        # The Hub tags these repos sentence-similarity, yet its Inference API answers a plain
+        # string with the embedding; {"source_sentence", "sentences"} asks for similarity.
+        return tasks
     if tag in tasks:
         tasks.remove(tag)
         tasks.insert(0, tag)
@@ -343,6 +347,14 @@ def parse_inputs(task: str, inputs: Any, params: Any = None) -> Request:
     raise InvalidInput(
         f'"inputs" must be a string or a list of strings for {task}, got {type(inputs).__name__}'
     )
+
+
+def task_for_inputs(task: str | None, inputs: Any) -> str | None:
+    """The task a request means when it names none: the similarity shape says so itself."""
+    if task is None and isinstance(inputs, dict) and set(inputs) == {"source_sentence",
+                                                                        "sentences"}:
+        return "sentence-similarity"
+    return task
 
 
 def inputs_from_texts(task: str, texts: list[str], context: str | None = None) -> Any:

@@ -41,7 +41,8 @@ log = logging.getLogger("modeldepot.inference")
 INFERENCE = web.AppKey("inference", InferenceService)
 BODY_KEYS = {"inputs", "parameters", "options"}
 OPTION_KEYS = {"backend", "precision", "use_cache", "wait_for_model"}
-EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
+EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user", "precision"}
+INT8_SUFFIX = ":int8"  # "model": "org/name:int8", for OpenAI clients that cannot add a field
 MAX_BODY_DEPTH = 32  # the deepest body the API takes has 4 levels (a list of QA objects)
 RETRY_AFTER_S = 1  # a full queue drains in well under a second at the default sizes
 
@@ -125,9 +126,11 @@ def _headers(answer) -> dict:
         headers["X-Model-Commit"] = model["commit"]
     if model["answered_by"]:
         headers["X-Answered-By"] = model["answered_by"]
+    warnings = ([answer.warning] if answer.warning else []) + answer.notes()
     if answer.truncated:
         headers["X-Truncated-Inputs"] = ",".join(str(i) for i in answer.truncated)
-        headers["X-Inference-Warning"] = "; ".join(answer.notes())
+    if warnings:
+        headers["X-Inference-Warning"] = "; ".join(warnings)
     return headers
 
 
@@ -164,10 +167,16 @@ async def embeddings_handler(request: web.Request) -> web.Response:
         raise InvalidInput('"dimensions" is not supported: the model decides the size')
     if not isinstance(body.get("user", ""), str):
         raise InvalidInput('"user" must be a string')
+    precision = body.get("precision", "fp32")
+    if model_id.endswith(INT8_SUFFIX):
+        model_id, precision = model_id[:-len(INT8_SUFFIX)], "int8"
+    if precision not in ("fp32", "int8"):
+        raise InvalidInput('"precision" must be "fp32" or "int8"')
     service = request.app[INFERENCE]
-    _, model = await service.model(model_id, "feature-extraction")
+    _, model = await service.model(model_id, "feature-extraction", precision=precision)
     params = {} if model.runner.pooling else {"pooling": "mean", "normalize": True}
-    answer = await service.apredict(model_id, inputs, params, task="feature-extraction")
+    answer = await service.apredict(model_id, inputs, params, task="feature-extraction",
+                                    precision=precision)
     vectors = [answer.output] if isinstance(inputs, str) else answer.output
     if encoding == "base64":
         import numpy as np
@@ -178,6 +187,7 @@ async def embeddings_handler(request: web.Request) -> web.Response:
         "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
         "model": model_id,
         "usage": {"prompt_tokens": answer.tokens, "total_tokens": answer.tokens},
+        **({"warning": answer.warning} if answer.warning else {}),
     }, headers=_headers(answer))
 
 

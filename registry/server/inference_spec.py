@@ -152,12 +152,17 @@ def inference_body(max_inputs: int) -> dict:
 def embeddings_body(max_inputs: int) -> dict:
     return {
         **_object({
-            "model": {"type": "string", "pattern": REPO_SPEC_PATTERN,
-                      "description": "A repo id: org/name, optionally @revision."},
+            "model": {"anyOf": [
+                {"type": "string", "pattern": REPO_SPEC_PATTERN},
+                {"type": "string", "pattern": REPO_SPEC_PATTERN[:-1] + ":int8$"}],
+                "description": "A repo id: org/name, optionally @revision; a trailing :int8 "
+                               "asks for the export's quantized graph."},
             "input": {"anyOf": [TEXT, _text_list(max_inputs)]},
             "encoding_format": {"enum": ["float", "base64"], "default": "float"},
             "dimensions": {"type": "null", "description": "Not supported: the model decides."},
             "user": {"type": "string", "description": "Accepted; not used."},
+            "precision": {"enum": ["fp32", "int8"], "default": "fp32",
+                          "description": "int8: the ONNX export's quantized graph."},
         }, ["model", "input"]),
         "example": {"model": "org/embedder", "input": ["a sentence", "another"]},
     }
@@ -173,6 +178,8 @@ EMBEDDINGS_ANSWER = _object({
     "model": {"type": "string"},
     "usage": _object({"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
                      ["prompt_tokens", "total_tokens"]),
+    "warning": {"type": "string", "description": "Only for an int8 export forced below its "
+                "validation floor."},
 }, ["object", "data", "model", "usage"])
 
 TASK_PARAMETER = {
