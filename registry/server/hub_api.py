@@ -658,7 +658,6 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     depot: Depot = request.app[DEPOT]
     try:
         commit, f = await asyncio.to_thread(_find_file, depot, repo_type, targets)
-        path = depot.store.blob_path(f.sha256)
     except DepotError as e:
         if isinstance(e, RepoNotFound):
             moved = await client_compat.former_name_redirect(
@@ -681,7 +680,11 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     inm = request.headers.get("If-None-Match")
     if inm and etag in {t.strip().removeprefix("W/").strip('"') for t in inm.split(",")}:
         return web.Response(status=304, headers={**headers, "ETag": f'"{etag}"'})
-    return BlobResponse(path, etag, headers=headers)
+    if depot.store.backend != "local":
+        from . import blob_serving
+
+        return await blob_serving.respond(request, depot.store, f, etag, headers, BlobResponse)
+    return BlobResponse(depot.store.blob_path(f.sha256), etag, headers=headers)
 
 
 def setup(app: web.Application) -> None:
