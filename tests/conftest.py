@@ -53,8 +53,46 @@ def guard_log(socket_guard):
     return read
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """One moto S3 server (a real S3 HTTP endpoint on loopback) for the session, started on
+    first use."""
+    from s3util import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
+
+
+@pytest.fixture
+def blob_backend(request):
+    """Where blobs go: "local" (the default) or "s3" (a fresh bucket on the session's moto
+    server). Parametrize with ``indirect=True``, or set MODELDEPOT_TEST_BLOBS=s3 for a run."""
+    kind = getattr(request, "param", None) or os.environ.get("MODELDEPOT_TEST_BLOBS", "local")
+    if kind == "local":
+        return {"kind": "local", "env": {}}
+    from s3util import new_bucket, s3_env
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = new_bucket(endpoint)
+    return {"kind": "s3", "endpoint": endpoint, "bucket": bucket, "env": s3_env(endpoint, bucket)}
+
+
+@pytest.fixture(scope="session")
+def registry_url():
+    """The registry URL that several homes share in replica tests: None means one SQLite file
+    per test (shared by its homes); MODELDEPOT_TEST_DB_URL points them at another server."""
+    return os.environ.get("MODELDEPOT_TEST_DB_URL") or None
+
+
+@pytest.fixture
+def raw_blobs(blob_backend, home):
+    from s3util import RawBlobs
+
+    return RawBlobs(blob_backend, home)
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch, blob_backend):
     home = tmp_path / "home"
     monkeypatch.setenv("MODELDEPOT_HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -64,6 +102,12 @@ def isolated(tmp_path, monkeypatch):
                 "MODELDEPOT_DEBUG", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
                 "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE", "MODELDEPOT_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    from s3util import S3_VARS
+
+    for var in S3_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in blob_backend["env"].items():
+        monkeypatch.setenv(var, value)
     return home
 
 
