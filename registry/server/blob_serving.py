@@ -16,7 +16,6 @@ import asyncio
 import logging
 
 from aiohttp import web
-from botocore.exceptions import BotoCoreError
 
 from ..errors import DepotError
 
@@ -84,7 +83,7 @@ async def respond(request: web.Request, store, f, etag: str, headers: dict,
             if not chunk:
                 break
             await resp.write(chunk)
-    except (OSError, BotoCoreError) as e:
+    except Exception as e:  # urllib3 and botocore raise their own kinds for a cut stream
         # Headers are gone: all we can do is cut the connection, so the client sees a short
         # body and resumes with a Range (huggingface_hub does), maybe through another replica.
         log.warning("object store read of %s failed mid-stream: %s", f.sha256[:12], e)
