@@ -290,3 +290,77 @@ def test_killing_the_serving_replica_mid_download_the_retry_completes(replicas, 
         assert client.returncode == 0, err
         assert "attempt 1: ChunkedEncodingError" in err, (out, err)
         assert out.split() == ["2", sha256(data)]
+
+
+def test_read_through_cache_is_bounded_lru_verified_and_views_pin(cli, models, faulty_s3,
+                                                                  monkeypatch, home, raw_blobs_s3):
+    import io
+
+    from registry.config import Settings
+    from registry.depot import Depot
+    from registry.errors import IntegrityError
+
+    monkeypatch.setenv("MODELDEPOT_BLOB_CACHE_SIZE", "250K")
+    src = models.get("classifier")
+    assert cli("import", src, "--repo", "org/clf").exit_code == 0  # ~146 KiB, pinned by its view
+    depot = Depot(Settings.from_env())
+    cached = lambda d: depot.store.blob_path(d.sha256).exists()  # noqa: E731
+    a = depot.store.ingest_stream(io.BytesIO(b"a" * 60_000), 60_000, label="a")
+    b = depot.store.ingest_stream(io.BytesIO(b"b" * 60_000), 60_000, label="b")
+    # Over the cap: the least recently used unpinned blob (a) goes; the view's blobs stay.
+    assert (cached(a), cached(b)) == (False, True)
+    view = home / "hub" / "models--org--clf" / "snapshots"
+    assert all(p.read_bytes() == (src / p.name).read_bytes()
+               for p in next(view.iterdir()).iterdir())
+    # Read through: a comes back from the bucket, and now b is the oldest.
+    assert depot.store.local_blob(a.sha256).read_bytes() == b"a" * 60_000
+    assert (cached(a), cached(b)) == (True, False)
+    # Verified on fill: bytes that do not match their name never enter the cache.
+    raw_blobs_s3.write(b.sha256, b"b" * 59_999 + b"x")
+    with pytest.raises(IntegrityError, match=f"blob {b.sha256} in the object store .* is corrupt"):
+        depot.store.local_blob(b.sha256)
+    assert not cached(b)
+
+
+@pytest.fixture
+def raw_blobs_s3(faulty_s3, s3_endpoint, home):
+    from s3util import RawBlobs
+
+    return RawBlobs({"kind": "s3", "endpoint": s3_endpoint, "bucket": faulty_s3[1]}, home)
+
+
+def test_run_on_a_host_that_never_saw_the_revision(cli, models, faulty_s3, tmp_path):
+    db = f"sqlite:///{tmp_path}/shared.db"
+    src = models.get("classifier")
+    first = cli("--home", tmp_path / "h1", "import", src, "--repo", "org/clf",
+                env={"MODELDEPOT_DB_URL": db})
+    assert first.exit_code == 0, first.output
+    here = cli("--home", tmp_path / "h1", "run", "org/clf", "a fine day", env={"MODELDEPOT_DB_URL": db})
+    there = cli("--home", tmp_path / "h2", "run", "org/clf", "a fine day", env={"MODELDEPOT_DB_URL": db})
+    assert there.exit_code == 0, there.output
+    assert there.output == here.output
+    # h2 built the view it needed, from its cache, filled from the bucket.
+    view = tmp_path / "h2" / "hub" / "models--org--clf" / "snapshots"
+    assert (next(view.iterdir()) / "model.safetensors").read_bytes() == \
+        (src / "model.safetensors").read_bytes()
+
+
+def test_copy_blobs_local_to_s3_and_back_is_verified_and_resumable(models, s3_endpoint, tmp_path,
+                                                                  monkeypatch):
+    from registry.config import Settings
+    from registry.store import copy_blobs, open_store
+
+    local = open_store(Settings.from_env(home=tmp_path / "a"))
+    shas = [local.ingest_file(p).sha256 for p in sorted(models.get("classifier").iterdir())]
+    for k, v in s3_env(s3_endpoint, new_bucket(s3_endpoint)).items():
+        monkeypatch.setenv(k, v)
+    s3 = open_store(Settings.from_env(home=tmp_path / "b"))
+    seen = []
+    first = copy_blobs(local, s3, shas[:2], progress=lambda sha, size, copied: seen.append(copied))
+    assert (first["copied"], seen) == (2, [True, True])
+    again = copy_blobs(local, s3, [(sha, local.blob_path(sha).stat().st_size) for sha in shas])
+    assert (again["copied"], again["skipped"]) == (len(shas) - 2, 2)
+    assert all(s3.check_blob(sha) is None for sha in shas)
+    back = open_store(Settings.from_env(home=tmp_path / "c").with_(blob_url=None))
+    assert copy_blobs(s3, back, shas)["copied"] == len(shas)
+    assert all(back.check_blob(sha) is None for sha in shas)
