@@ -112,18 +112,22 @@ def test_a_failed_multipart_upload_is_aborted_and_invisible(cli, faulty_s3, s3_e
     assert cli("verify").exit_code == 0
 
 
-def test_serve_streams_redirects_and_answers_head_from_s3(cli, models, faulty_s3, tmp_path):
+def test_serve_streams_redirects_and_answers_head_from_s3(cli, faulty_s3, tmp_path):
     proxy, bucket = faulty_s3
-    src = models.get("classifier")
-    assert cli("import", src, "--repo", "org/clf").exit_code == 0
-    weights = (src / "model.safetensors").read_bytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    config = b'{"model_type": "bert"}'
+    (src / "config.json").write_bytes(config)
+    weights = os.urandom(17 * 1024 * 1024)  # above CACHE_ON_GET: streamed, never cached
+    (src / "weights.bin").write_bytes(weights)
+    assert cli("import", src, "--repo", "org/big").exit_code == 0
     env = {k: os.environ[k] for k in ("MODELDEPOT_BLOB_URL", "AWS_ENDPOINT_URL")}
     db = {"MODELDEPOT_DB_URL": f"sqlite:///{os.environ['MODELDEPOT_HOME']}/depot.db"}
     # Two fresh homes: nothing cached, every byte comes from the bucket.
     stream = Replica(tmp_path / "r1", {**env, **db}).wait()
     redirect = Replica(tmp_path / "r2", {**env, **db, "MODELDEPOT_BLOB_REDIRECT": "1"}).wait()
     try:
-        url = "/org/clf/resolve/main/model.safetensors"
+        url = "/org/big/resolve/main/weights.bin"
         for replica in (stream, redirect):
             head = requests.head(replica.url + url, timeout=30)
             assert head.status_code == 200
@@ -131,8 +135,7 @@ def test_serve_streams_redirects_and_answers_head_from_s3(cli, models, faulty_s3
             assert head.headers["ETag"] == f'"{sha256(weights)}"'
             assert head.headers["X-Linked-Etag"] == f'"{sha256(weights)}"'
             assert len(head.headers["X-Repo-Commit"]) == 40
-            full = requests.get(replica.url + url, timeout=30)
-            assert full.content == weights
+            assert requests.get(replica.url + url, timeout=60).content == weights
             part = requests.get(replica.url + url, headers={"Range": "bytes=1000-1999"}, timeout=30)
             assert (part.status_code, part.content) == (206, weights[1000:2000])
         first = requests.get(redirect.url + url, allow_redirects=False, timeout=30)
@@ -141,15 +144,25 @@ def test_serve_streams_redirects_and_answers_head_from_s3(cli, models, faulty_s3
         tail = requests.get(stream.url + url, headers={"Range": "bytes=-100"}, timeout=30)
         assert (tail.status_code, tail.headers["Content-Range"], tail.content) == (
             206, f"bytes {len(weights) - 100}-{len(weights) - 1}/{len(weights)}", weights[-100:])
+        assert not list((tmp_path / "r1" / "blobs").rglob("*" + sha256(weights)))
 
-        # The object store dies mid-download: the client gets a short body, never wrong bytes;
-        # a retry completes.
+        # The object store dies mid-download: the client gets a short body, never wrong bytes,
+        # and a small file's cache fill fails with a one-line 503; a retry completes.
         proxy.cut_downloads_after = 64 * 1024
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             requests.get(stream.url + url, timeout=30).content
         assert requests.head(stream.url + url, timeout=30).status_code == 200
+        proxy.cut_downloads_after = 0
+        small = requests.get(stream.url + "/org/big/resolve/main/config.json", timeout=60)
+        assert small.status_code == 503
+        assert re.match(r"object store s3://[\w-]+/depot: download of blob [0-9a-f]{12} failed "
+                        r"\(.+\); try again$",
+                        small.json()["error"]), small.json()
         proxy.cut_downloads_after = None
-        assert requests.get(stream.url + url, timeout=30).content == weights
+        assert requests.get(stream.url + url, timeout=60).content == weights
+        small = requests.get(stream.url + "/org/big/resolve/main/config.json", timeout=30)
+        assert small.content == config
+        assert (tmp_path / "r1" / "blobs" / "sha256" / sha256(config)[:2] / sha256(config)).exists()
         assert "Traceback" not in stream.log_path.read_text()
     finally:
         stream.stop()

@@ -4,7 +4,8 @@ HEAD is always answered here, from the registry, with the full Hub headers (clie
 an absolute redirect on HEAD, and they need ``X-Repo-Commit``, ``ETag``, ``Content-Length``).
 GET is answered by, in this order:
 
-1. sendfile from this host's read-through cache when the blob is cached (no S3 round trip);
+1. sendfile from this host's read-through cache when the blob is cached (no S3 round trip), a
+   small file (up to ``CACHE_ON_GET``) being read into the cache first;
 2. a 302 to a short-lived presigned URL when ``MODELDEPOT_BLOB_REDIRECT`` is on (the bytes then
    go from the object store straight to the client; S3 honours ``Range`` itself);
 3. streaming the object (or the asked ``Range`` of it) through this process.
@@ -20,6 +21,7 @@ from aiohttp import web
 from ..errors import DepotError
 
 STREAM_CHUNK = 1024 * 1024
+CACHE_ON_GET = 16 * 1024 * 1024  # at most this size, a GET fills the local cache first
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +55,15 @@ async def respond(request: web.Request, store, f, etag: str, headers: dict,
         resp.content_type = "application/octet-stream"
         await resp.prepare(request)
         return resp
+    if not cached.exists() and f.size <= CACHE_ON_GET:
+        # Small files (configs, tokenizers) are asked for again and again: one S3 round trip
+        # fills the cache (verified), and later requests go out by sendfile.
+        try:
+            await asyncio.to_thread(store.local_blob, f.sha256)
+        except DepotError as e:
+            from .hub_api import error_response
+
+            return error_response(e)
     if cached.exists():
         store.cache.touch(cached)
         return blob_response(cached, etag, headers=headers)

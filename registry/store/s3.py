@@ -74,8 +74,9 @@ class S3Store(Store):
 
     def _unavailable(self, what: str, e: Exception) -> Unavailable:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return Unavailable(f"object store {self.url}: {what} failed ({reason}); "
-                           "nothing was registered, run the command again")
+        hint = ("nothing was registered, run the command again" if what.startswith("upload")
+                else "try again")
+        return Unavailable(f"object store {self.url}: {what} failed ({reason}); {hint}")
 
     def _object_size(self, sha256: str) -> int | None:
         from botocore.exceptions import BotoCoreError, ClientError
