@@ -377,3 +377,27 @@ def test_copy_blobs_local_to_s3_and_back_is_verified_and_resumable(models, s3_en
     back = open_store(Settings.from_env(home=tmp_path / "c").with_(blob_url=None))
     assert copy_blobs(s3, back, shas)["copied"] == len(shas)
     assert all(back.check_blob(sha) is None for sha in shas)
+
+
+def test_two_hosts_importing_the_same_repo_at_once_store_each_blob_once(
+        replicas, models, s3_endpoint, tmp_path):
+    _start, _started, host_cli, env = replicas
+    src = models.get("classifier")
+    # The registry exists first (migrate-on-open is a per-home lock until the PostgreSQL work).
+    assert host_cli("h1", "db", "upgrade").returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "--home", str(tmp_path / host),
+                               "import", str(src), "--repo", "org/clf"],
+                              cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for host in ("h1", "h2")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    bucket = env["MODELDEPOT_BLOB_URL"].split("/")[2]
+    keys = assert_keys_sound(s3_endpoint, bucket)
+    want = sorted(sha256(p.read_bytes()) for p in src.iterdir() if p.is_file())
+    assert sorted(k.rsplit("/", 1)[-1] for k in keys) == sorted(set(want))
+    for host in ("h1", "h2"):
+        r = subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path / host), "verify"],
+                           cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
