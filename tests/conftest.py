@@ -69,12 +69,27 @@ def blob_backend(request):
     server). Parametrize with ``indirect=True``, or set MODELDEPOT_TEST_BLOBS=s3 for a run."""
     kind = getattr(request, "param", None) or os.environ.get("MODELDEPOT_TEST_BLOBS", "local")
     if kind == "local":
-        return {"kind": "local", "env": {}}
+        yield {"kind": "local", "env": {}}
+        return
     from s3util import new_bucket, s3_env
 
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = new_bucket(endpoint)
-    return {"kind": "s3", "endpoint": endpoint, "bucket": bucket, "env": s3_env(endpoint, bucket)}
+    backend = {"kind": "s3", "endpoint": endpoint, "bucket": bucket, "env": s3_env(endpoint, bucket),
+               "deleted": set()}
+    yield backend
+    # The test really ran on S3: every blob the registry of its home holds is in the bucket
+    # (minus what the test itself deleted there to see 'verify' notice).
+    import sqlite3
+
+    from s3util import bucket_keys
+
+    db = request.getfixturevalue("tmp_path") / "home" / "depot.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            registered = {sha for (sha,) in conn.execute("select sha256 from blobs")}
+        stored = {k.rsplit("/", 1)[-1] for k in bucket_keys(endpoint, bucket)}
+        assert registered - backend["deleted"] <= stored
 
 
 @pytest.fixture(scope="session")

@@ -111,3 +111,4 @@ class RawBlobs:
             self._local(sha).unlink()
         else:
             self._client().delete_object(Bucket=self.backend["bucket"], Key=self._key(sha))
+            self.backend.setdefault("deleted", set()).add(sha)
