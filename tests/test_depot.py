@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from registry.depot import FileRecord, compute_commit
-from registry.errors import InvalidInput
+from registry.errors import IntegrityError, InvalidInput
 from registry.importer import import_dir
 from registry.store import check_relpath
 
@@ -487,3 +487,13 @@ def test_an_unexpected_error_is_one_line_unless_debugging(cli, monkeypatch):
     monkeypatch.setenv("MODELDEPOT_DEBUG", "1")
     with pytest.raises(ValueError, match="something broke"):
         cli("list")
+
+
+@both_backends
+def test_a_short_stream_is_refused_and_stores_nothing(depot, home):
+    import io
+
+    with pytest.raises(IntegrityError, match="^expected 10 bytes, read 5$"):
+        depot.store.ingest_stream(io.BytesIO(b"12345"), 10, label="short")
+    assert list(depot.store.iter_blob_sizes()) == []
+    assert list((home / "tmp").iterdir()) == []
