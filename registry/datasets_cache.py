@@ -33,7 +33,7 @@ def prepare_dataset(depot, name: str, rev: str | None = None) -> dict:
     """
     resolved = depot.resolve("dataset", name, rev)
     commit = resolved["commit"]
-    snapshot = ensure_view(depot, "dataset", resolved["repo"], commit)
+    snapshot = str(ensure_view(depot, "dataset", resolved["repo"], commit))
     cache_dir = depot.settings.datasets_cache
     cache_dir.mkdir(parents=True, exist_ok=True)
 
