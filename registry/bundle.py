@@ -426,7 +426,7 @@ def create_bundle(
         for blob in blobs:
             sha, size = blob["sha256"], blob["size"]
             try:
-                fd = os.open(depot.store.blob_path(sha), os.O_RDONLY)
+                fd = os.open(depot.store.local_blob(sha), os.O_RDONLY)
             except FileNotFoundError:
                 raise IntegrityError(f"blob {sha} is missing from the store (a concurrent 'rm' or "
                                      "'gc'?); run 'modeldepot verify', then try again") from None
@@ -955,7 +955,7 @@ def _check_held(depot: Depot, plan: _Plan, claims: dict[str, list[dict]], label:
         try:
             _check_git_sha1(sha, size, known.get(sha, set()), claims[sha], label)
         except IntegrityError:
-            _check_git_sha1(sha, size, {hash_file(depot.store.blob_path(sha)).git_sha1},
+            _check_git_sha1(sha, size, {hash_file(depot.store.local_blob(sha)).git_sha1},
                             claims[sha], label)
 
 
@@ -1145,7 +1145,7 @@ def _import(depot: Depot, reader: _TarReader, manifest: dict, label: str,
                 continue
             if depot.store.claim_blob(sha, info.size, lease):  # a concurrent import stored it
                 reader.skip(info)
-                _check_git_sha1(sha, info.size, {hash_file(depot.store.blob_path(sha)).git_sha1},
+                _check_git_sha1(sha, info.size, {hash_file(depot.store.local_blob(sha)).git_sha1},
                                 claims[sha], label)
                 continue
             pointer = git_blob_sha1(lfs_pointer(sha, info.size))

@@ -51,6 +51,11 @@ class Settings:
     proxy: str | None = None
     proxy_token: str | None = field(default=None, repr=False)
     proxy_ttl: float = 300.0
+    # Blobs in an S3-compatible object store (registry/store/s3.py); None: the local directory.
+    blob_url: str | None = None
+    blob_cache_bytes: int = 20 * 1024**3  # the local read-through cache's cap on S3 hosts
+    blob_redirect: bool = False  # serve GET /resolve by redirecting to a presigned URL
+    presign_seconds: int = 300
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None, **overrides) -> "Settings":
@@ -67,7 +72,15 @@ class Settings:
             proxy=env.get("MODELDEPOT_PROXY"),
             proxy_token=env.get("MODELDEPOT_PROXY_TOKEN") or None,
             proxy_ttl=_seconds(env, "MODELDEPOT_PROXY_TTL", 300.0),
+            blob_url=env.get("MODELDEPOT_BLOB_URL") or None,
+            blob_redirect=_truthy(env.get("MODELDEPOT_BLOB_REDIRECT")),
         )
+        if env.get("MODELDEPOT_BLOB_CACHE_SIZE"):
+            from .units import parse_size
+
+            values["blob_cache_bytes"] = parse_size(env["MODELDEPOT_BLOB_CACHE_SIZE"])
+        if env.get("MODELDEPOT_PRESIGN_SECONDS"):
+            values["presign_seconds"] = int(env["MODELDEPOT_PRESIGN_SECONDS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["home"], str):
             values["home"] = Path(values["home"]).expanduser()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InvalidInput
+from .store.views import ensure_view
 
 
 def prepare_dataset(depot, name: str, rev: str | None = None) -> dict:
@@ -31,7 +32,8 @@ def prepare_dataset(depot, name: str, rev: str | None = None) -> dict:
     Preparing again is a no-op for configs already there.
     """
     resolved = depot.resolve("dataset", name, rev)
-    commit, snapshot = resolved["commit"], resolved["snapshot"]
+    commit = resolved["commit"]
+    snapshot = str(ensure_view(depot, "dataset", resolved["repo"], commit))
     cache_dir = depot.settings.datasets_cache
     cache_dir.mkdir(parents=True, exist_ok=True)
 

@@ -41,11 +41,10 @@ from .naming import (
 )
 from .store import (
     Digest,
-    Store,
+    open_store,
     check_relpath,
     etag_for,
     git_blob_sha1,
-    hash_file,
     lfs_pointer,
     repo_folder_name,
 )
@@ -111,7 +110,7 @@ class Depot:
 
     def __init__(self, settings: Settings, migrate: bool = True):
         self.settings = settings
-        self.store = Store(settings)
+        self.store = open_store(settings)
         settings.home.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings, migrate=migrate)
         # Locks and leases hold across every process sharing the registry: this home's processes
@@ -753,7 +752,7 @@ class Depot:
                     if referenced else list(s.scalars(select(Blob.sha256)))
             # What live writers hold but have not published yet is not garbage (registry/lease.py).
             stale_rows = [sha for sha in stale_rows if sha not in claims.blobs]
-            blobs = [(sha, p) for sha, p in self.store.iter_blobs()
+            blobs = [(sha, size) for sha, size in self.store.iter_blob_sizes()
                      if sha not in referenced and sha not in claims.blobs]
             tmp = [p for p in self._stale_tmp()]
             stray_views: list[Path] = []
@@ -775,7 +774,7 @@ class Depot:
                     vb = d / "blobs"
                     if vb.is_dir():
                         stray_views.extend(x for x in vb.iterdir() if x.name not in keep)
-            freed = sum(p.stat().st_size for _, p in blobs) + sum(_du(p) for p in tmp)
+            freed = sum(size for _, size in blobs) + sum(_du(p) for p in tmp)
             result = {
                 "blobs": len(blobs),
                 "temp_files": len(tmp),
@@ -787,8 +786,8 @@ class Depot:
                 return result
             import shutil
 
-            for _, p in blobs:
-                p.unlink(missing_ok=True)
+            for sha, _ in blobs:
+                self.store.remove_blob(sha)
             for p in tmp + stray_views:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
@@ -903,13 +902,7 @@ class Depot:
                                          "commit": entry["commit"], "path": f["path"]})
 
         def check(sha: str) -> tuple[str, str | None]:
-            path = self.store.blob_path(sha)
-            if not path.exists():
-                return sha, "missing"
-            d = hash_file(path)
-            if d.sha256 != sha:
-                return sha, "corrupt"
-            return sha, None
+            return sha, self.store.check_blob(sha)
 
         workers = min(4, (os.cpu_count() or 2))
         with ThreadPoolExecutor(workers) as pool:
@@ -923,7 +916,7 @@ class Depot:
                                      "path": path, "sha256": sha})
                     continue
                 link = self.snapshot_dir(t, n, commit) / path
-                if not link.is_file():
+                if self.store.has_view(t, n, commit) and not link.is_file():
                     problems.append({"problem": "view missing", "type": t, "repo": n,
                                      "commit": commit, "path": path, "sha256": sha})
         result = {"ok": not problems, "blobs": len(users), "bytes": checked_bytes,

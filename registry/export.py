@@ -40,6 +40,7 @@ from .errors import Conflict, InvalidInput, RepoNotFound, ValidationFailed
 from .importer import is_lfs, task_from_architectures
 from .models import Artifact, Ref, Repo, Revision
 from .naming import validate_ref_name
+from .store.views import ensure_view
 
 RECIPE_FORMAT = 1
 TASKS = (
@@ -272,7 +273,7 @@ def plan_export(
         pipeline_tag = repo.pipeline_tag
         source_meta = dict(rev.meta or {})
         parent = rev.commit
-    snapshot = depot.snapshot_dir("model", name, parent)
+    snapshot = ensure_view(depot, "model", name, parent)
     spec = f"{name}@{parent[:12]}"
 
     paths = [f["path"] for f in files]

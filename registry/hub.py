@@ -598,7 +598,7 @@ def known_digest(store, f: UpstreamFile) -> Digest:
         return Digest(f.sha256, git_blob_sha1(lfs_pointer(f.sha256, f.size)), f.size)
     if f.lfs is False and f.git_sha1 and f.size is not None:
         return Digest(f.sha256, f.git_sha1, f.size)  # matched by git sha1 in the registry
-    return hash_file(store.blob_path(f.sha256))
+    return hash_file(store.local_blob(f.sha256))
 
 
 def fetch_file(depot: Depot, repo_type: str, name: str, commit: str, f: UpstreamFile, *,

@@ -22,6 +22,7 @@ from registry.cli._common import human_size
 from registry.config import Settings
 from registry.depot import Depot, FileRecord, compute_commit
 from registry.importer import import_dir
+from s3util import both_backends, stacks
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = {"opset": 17, "task": "text-classification", "optimization": "O2"}
@@ -76,10 +77,12 @@ def source(tmp_path_factory, models):
                            data=data, manifest=manifest, blobs=blobs)
 
 
+@stacks
 def test_round_trip_via_cli(backend, cli, source, tmp_path, guard_log):
-    """From the module's SQLite depot A into depot B on each registry backend."""
+    """From the module's depot A (SQLite + local, whatever the stack under test) into depot B
+    on each stack: SQLite + local directory, PostgreSQL + S3."""
     out, b = tmp_path / "x.bundle", tmp_path / "b"
-    on_a = {"MODELDEPOT_DB_URL": None}  # depot A is the module's, on SQLite whatever B is on
+    on_a = {"MODELDEPOT_DB_URL": None, "MODELDEPOT_BLOB_URL": None}
     r = cli("--home", source.home, "bundle", "create", out, "--all", env=on_a)
     assert r.exit_code == 0, r.output
     nblobs = len(source.blobs)

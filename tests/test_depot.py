@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from registry.depot import FileRecord, compute_commit
-from registry.errors import InvalidInput
+from registry.errors import IntegrityError, InvalidInput
 from registry.importer import import_dir
 from registry.store import check_relpath
+
+from s3util import both_backends, stacks
 
 LOAD_SCRIPT = r"""
 import json, sys, torch
@@ -68,6 +70,7 @@ def registry_state(cli) -> tuple:
 # -- import and the HF-cache view -------------------------------------------------------------
 
 
+@stacks
 def test_import_loads_offline_by_repo_id_alias_and_commit(backend, cli, models, home):
     src = models.get("classifier")
     r = cli("import", src, "--repo", "org/clf", "--json")
@@ -143,6 +146,7 @@ def test_commit_id_is_deterministic_and_content_derived():
     assert compute_commit(a) != compute_commit([a[0], FileRecord("b", 2, "4" * 64, "3" * 40)])
 
 
+@both_backends
 def test_shared_files_are_stored_once(cli, models, home, tmp_path):
     src = models.get("classifier")
     other = tmp_path / "other"
@@ -170,6 +174,7 @@ def test_shared_files_are_stored_once(cli, models, home, tmp_path):
 # -- crash safety ----------------------------------------------------------------------------
 
 
+@both_backends
 @pytest.mark.parametrize(
     "point", ["import:after-file", "publish:after-snapshot", "publish:before-commit"]
 )
@@ -189,6 +194,7 @@ def test_import_killed_at_a_failpoint_leaves_nothing_visible(cli, cli_subprocess
     assert json.loads(cli("gc", "--json", "--dry-run").output)["bytes_freed"] == 0
 
 
+@stacks
 def test_import_killed_by_a_signal_midway(backend, cli, cli_subprocess, home, tmp_path):
     """A real SIGKILL at an arbitrary moment during a long import."""
     src = tmp_path / "big"
@@ -216,6 +222,7 @@ def test_import_killed_by_a_signal_midway(backend, cli, cli_subprocess, home, tm
     assert list((home / "tmp").iterdir()) == []
 
 
+@stacks
 def test_concurrent_imports_of_overlapping_models(backend, cli, models, home, tmp_path):
     a = models.get("classifier")
     b = tmp_path / "b"
@@ -240,16 +247,16 @@ def test_concurrent_imports_of_overlapping_models(backend, cli, models, home, tm
 # -- verify ----------------------------------------------------------------------------------
 
 
-def test_verify_reports_a_flipped_byte_with_repo_revision_and_path(backend, cli, models, home):
+@stacks
+def test_verify_reports_a_flipped_byte_with_repo_revision_and_path(backend, cli, models,
+                                                                    raw_blobs):
     src = models.get("classifier")
     commit = json.loads(cli("import", src, "--repo", "org/clf", "--json").output)["commit"]
     show = json.loads(cli("show", "org/clf", "--json").output)
     sha = next(f["sha256"] for f in show["revision"]["files"] if f["path"] == "model.safetensors")
-    blob = home / "blobs" / "sha256" / sha[:2] / sha
-    os.chmod(blob, 0o644)
-    data = bytearray(blob.read_bytes())
+    data = bytearray(raw_blobs.read(sha))
     data[1000] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    raw_blobs.write(sha, bytes(data))
     r = cli("verify")
     assert r.exit_code == 1
     assert f"CORRUPT: org/clf@{commit[:12]} model.safetensors (sha256 {sha[:16]}…)" in r.output
@@ -257,7 +264,7 @@ def test_verify_reports_a_flipped_byte_with_repo_revision_and_path(backend, cli,
     report = json.loads(cli("verify", "--json").output)
     assert report["problems"] == [{"problem": "corrupt", "type": "model", "repo": "org/clf",
                                    "commit": commit, "path": "model.safetensors", "sha256": sha}]
-    blob.unlink()
+    raw_blobs.delete(sha)
     r = cli("verify", "org/clf")
     assert r.exit_code == 1
     assert f"MISSING: org/clf@{commit[:12]} model.safetensors" in r.output
@@ -289,6 +296,7 @@ def test_list_filters_sorts_and_json(cli, models, tmp_path):
     assert cli("list", "--search", "nothing-like-this").output == "no repos match\n"
 
 
+@stacks
 def test_show_tag_untag_rm(backend, cli, models, tmp_path, home):
     src = models.get("classifier")
     c1 = json.loads(cli("import", src, "--repo", "org/clf", "--json").output)["commit"]
@@ -331,7 +339,9 @@ def test_show_tag_untag_rm(backend, cli, models, tmp_path, home):
     assert actions == ["rm", "rm", "untag", "tag", "tag", "import", "import"]
 
 
-def test_gc_removes_unreferenced_blobs_and_dead_temp_files(backend, cli, models, home, depot):
+@stacks
+def test_gc_removes_unreferenced_blobs_and_dead_temp_files(backend, cli, models, home, depot,
+                                                            raw_blobs):
     cli("import", models.get("classifier"), "--repo", "org/clf")
     kept = depot.store.ingest_file(models.get("classifier") / "vocab.txt")  # referenced by org/clf
     orphan_tmp = home / "tmp" / "999999999-deadbeef-partial"
@@ -340,8 +350,7 @@ def test_gc_removes_unreferenced_blobs_and_dead_temp_files(backend, cli, models,
 
     data = b"nobody refers to me"
     sha = hashlib.sha256(data).hexdigest()
-    (home / "blobs" / "sha256" / sha[:2]).mkdir(parents=True, exist_ok=True)
-    (home / "blobs" / "sha256" / sha[:2] / sha).write_bytes(data)
+    raw_blobs.write(sha, data)
     dry = json.loads(cli("gc", "--dry-run", "--json").output)
     assert dry == {"blobs": 1, "temp_files": 1, "stray_views": 0,
                    "bytes_freed": len(data) + 100, "dry_run": True}
@@ -481,3 +490,13 @@ def test_an_unexpected_error_is_one_line_unless_debugging(cli, monkeypatch):
     monkeypatch.setenv("MODELDEPOT_DEBUG", "1")
     with pytest.raises(ValueError, match="something broke"):
         cli("list")
+
+
+@both_backends
+def test_a_short_stream_is_refused_and_stores_nothing(depot, home):
+    import io
+
+    with pytest.raises(IntegrityError, match="^expected 10 bytes, read 5$"):
+        depot.store.ingest_stream(io.BytesIO(b"12345"), 10, label="short")
+    assert list(depot.store.iter_blob_sizes()) == []
+    assert list((home / "tmp").iterdir()) == []

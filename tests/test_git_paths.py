@@ -115,7 +115,7 @@ def test_pull_refuses_a_nested_git_path_before_downloading(depot, tmp_path, monk
 def test_server_never_hands_out_git_paths_registered_before_the_check(depot, monkeypatch):
     """A depot filled by an older modeldepot may hold such a path: it is not listed or served."""
     from registry import depot as depot_mod
-    from registry import store as store_mod
+    from registry.store import local as store_mod  # where Store.publish_snapshot looks it up
     from registry.server.app import ServeOptions, create_app
 
     monkeypatch.setattr(depot_mod, "check_relpath", lambda p: p)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from s3util import both_backends, stacks
 from serverutil import AppServer, free_port
 
 FAULTS = web.AppKey("faults", object)
@@ -143,6 +144,7 @@ def pull(depot, upstream, name="org/clf", rev=None, **kw):
     return pull(depot, kw.pop("repo_type", "model"), name, rev, endpoint=upstream["url"], **kw)
 
 
+@stacks
 def test_pull_verifies_records_metadata_and_reports_progress(backend, depot, upstream):
     class Progress:
         def __init__(self):
@@ -248,6 +250,7 @@ def test_dropped_connection_resumes_within_the_run(depot, upstream):
     assert blob.read_bytes() == data and result.downloaded_bytes == result.size
 
 
+@both_backends
 def test_upstream_killed_mid_download_then_resumed(depot, upstream, cli):
     f = upstream["faults"]
     f.die["model.safetensors"] = 50_000
@@ -273,6 +276,7 @@ def test_upstream_killed_mid_download_then_resumed(depot, upstream, cli):
     assert depot.verify()["ok"]
 
 
+@both_backends
 def test_wrong_byte_is_refused_and_nothing_registered(depot, upstream, cli):
     f = upstream["faults"]
     f.corrupt.add("model.safetensors")
@@ -410,6 +414,7 @@ def test_search_and_info_against_another_depot(upstream, cli):
         in r.output
 
 
+@stacks
 def test_concurrent_pulls_into_one_depot(backend, depot, upstream):
     from concurrent.futures import ThreadPoolExecutor
 

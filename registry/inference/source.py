@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput, RepoNotFound
 from ..naming import parse_spec
+from ..store.views import ensure_view
 from .tasks import export_tasks, model_tasks, normalize_task, task_family
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -190,13 +191,12 @@ def from_registry(depot, spec: str) -> ModelSource:
             # The export the 'onnx' ref points at first, then the newest.
             rows.sort(key=lambda row: refs.get(row[0].commit) != "onnx")
             exports += [_export(depot, repo, rev, art, refs) for rev, art in rows]
-        snapshot = depot.snapshot_dir("model", repo.name, source_commit)
         parent = s.scalar(select(Revision.id).where(
             Revision.repo_id == repo.id, Revision.commit == source_commit,
             Revision.complete.is_(True)))
         if parent is None:  # the parent was removed: the derived revision holds its files too
-            snapshot = depot.snapshot_dir("model", repo.name, revision.commit)
             source_commit = revision.commit
+        snapshot = ensure_view(depot, "model", repo.name, source_commit)
         name, tag = repo.name, repo.pipeline_tag
     return ModelSource(name, source_commit, snapshot, True, tag, exports, read_config(snapshot))
 
@@ -207,6 +207,6 @@ def _export(depot, repo, revision, artifact, refs: dict) -> OnnxExport:
     recipe = artifact.recipe or {}
     files = recipe.get("files") or {"fp32": "onnx/model.onnx"}
     warning = int8_warning(recipe)
-    return OnnxExport(revision.commit, depot.snapshot_dir("model", repo.name, revision.commit),
+    return OnnxExport(revision.commit, ensure_view(depot, "model", repo.name, revision.commit),
                       recipe.get("task"), files, refs.get(revision.commit),
                       {"int8": warning} if warning else {})

@@ -641,7 +641,6 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     depot: Depot = request.app[DEPOT]
     try:
         commit, f = await asyncio.to_thread(_find_file, depot, repo_type, targets)
-        path = depot.store.blob_path(f.sha256)
     except DepotError as e:
         if isinstance(e, RepoNotFound):
             moved = await client_compat.former_name_redirect(
@@ -662,8 +661,18 @@ async def resolve_handler(request: web.Request) -> web.StreamResponse:
     if f.lfs:
         headers["X-Linked-Etag"] = f'"{etag}"'
     write_timeout = request.app[OPTIONS].http.write_timeout
-    return await BlobResponse(path, etag, f.size, headers=headers,
-                              write_timeout=write_timeout).open()
+
+    async def from_local_file(path):
+        # conditionals and ranges by the content-addressed ETag, sendfile (registry/server/files.py)
+        return await BlobResponse(path, etag, f.size, headers=headers,
+                                  write_timeout=write_timeout).open()
+
+    if depot.store.backend != "local":
+        from . import blob_serving
+
+        return await blob_serving.respond(request, depot.store, f, etag, headers,
+                                          from_local_file)
+    return await from_local_file(depot.store.blob_path(f.sha256))
 
 
 def setup(app: web.Application) -> None:

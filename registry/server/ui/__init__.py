@@ -153,11 +153,12 @@ def _forced(recipe: dict | None) -> bool:
 def _read_card(depot, repo_type: str, name: str, commit: str, files: list[dict]) -> str | None:
     if not any(f["path"] == "README.md" for f in files):
         return None
-    path = depot.snapshot_dir(repo_type, name, commit) / "README.md"
+    sha = next(f["sha256"] for f in files if f["path"] == "README.md")
     try:
+        path = depot.store.local_blob(sha)  # the card alone, not the whole view
         with open(path, "rb") as f:
             return f.read(render.MAX_CARD_CHARS * 4).decode("utf-8", "replace")
-    except OSError:
+    except (OSError, DepotError):
         return None
 
 

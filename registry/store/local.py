@@ -1,4 +1,4 @@
-"""Content-addressed blobs plus the HF-cache-shaped view of them.
+"""The local backend: content-addressed blobs in a directory plus the HF-cache-shaped view.
 
 Layout under the depot home::
 
@@ -15,126 +15,33 @@ same content both succeed and neither can observe a half-written blob.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from .config import Settings
-from .errors import IntegrityError, InvalidInput
-from .lease import Lease
-
-CHUNK = 4 * 1024 * 1024
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-@contextmanager
-def file_lock(path: Path, timeout: float = -1) -> Iterator[None]:
-    """An inter-process lock (flock-based), usable across processes sharing one home."""
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=timeout):
-        yield
-
-
-@dataclass(frozen=True)
-class Digest:
-    """What we know about some bytes: enough to name, verify and serve them."""
-
-    sha256: str
-    git_sha1: str
-    size: int
-
-
-class Hasher:
-    """sha256 and git blob sha1 in one pass. The git sha1 needs the size up front."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.seen = 0
-        self._sha256 = hashlib.sha256()
-        self._sha1 = hashlib.sha1(b"blob %d\0" % size)
-
-    def update(self, chunk: bytes | memoryview) -> None:
-        self._sha256.update(chunk)
-        self._sha1.update(chunk)
-        self.seen += len(chunk)
-
-    def digest(self) -> Digest:
-        if self.seen != self.size:
-            raise IntegrityError(f"expected {self.size} bytes, read {self.seen}")
-        return Digest(self._sha256.hexdigest(), self._sha1.hexdigest(), self.size)
-
-
-def hash_file(path: Path) -> Digest:
-    size = path.stat().st_size
-    hasher = Hasher(size)
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            hasher.update(view[:n])
-    return hasher.digest()
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-lfs pointer file text; its git sha1 is what the Hub reports as an LFS file's oid."""
-    return (
-        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
-    ).encode()
-
-
-def etag_for(sha256: str, git_sha1: str, lfs: bool) -> str:
-    """The name HF clients give a blob: sha256 for LFS files, git blob sha1 otherwise."""
-    return sha256 if lfs else git_sha1
-
-
-def repo_folder_name(repo_type: str, name: str) -> str:
-    return f"{repo_type}s--" + name.replace("/", "--")
-
-
-def check_relpath(path: str) -> str:
-    """Refuse file names that could escape a snapshot directory or confuse the HF cache."""
-    if (
-        not path
-        or "\0" in path
-        or "\\" in path
-        or path.startswith("/")
-        or re.match(r"^[A-Za-z]:", path)
-        or len(path) > 1000
-    ):
-        raise InvalidInput(f"refusing unsafe file path {path!r}")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise InvalidInput(f"refusing unsafe file path {path!r}")
-    if in_git_dir(path):
-        raise InvalidInput(f"refusing file path inside .git: {path!r}")
-    return path
-
-
-def in_git_dir(path: str) -> bool:
-    """A ``.git`` component at any depth: written into a plain directory, ``sub/.git/config``
-    makes ``git`` there run what it says (``core.fsmonitor``). Case-insensitive, as on the
-    file systems where ``.GIT`` is ``.git``."""
-    return any(part.lower() == ".git" for part in path.split("/"))
+from ..config import Settings
+from ..errors import IntegrityError, InvalidInput
+from ..lease import Lease
+from .base import (
+    CHUNK,
+    SHA256_RE,
+    Digest,
+    Hasher,
+    check_relpath,
+    etag_for,
+    file_lock,
+    hash_file,
+    repo_folder_name,
+)
 
 
 class Store:
     """Blobs and the HF-cache view for one depot home."""
+
+    backend = "local"
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -213,7 +120,8 @@ class Store:
             lease.hold_blobs([sha256])
         return self.has_blob(sha256, size)
 
-    def ingest_file(self, src: Path, label: str = "", lease: Lease | None = None) -> Digest:
+    def ingest_file(self, src: Path, label: str = "", lease: Lease | None = None,
+                    expect_sha256: str | None = None) -> Digest:
         """Copy ``src`` into the store while hashing it (the source may change later)."""
         tmp = self.tmp_path(src.name)
         size = src.stat().st_size
@@ -233,7 +141,8 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self.adopt(tmp, digest=digest, label=label or str(src), lease=lease)
+        return self.adopt(tmp, digest=digest, label=label or str(src), lease=lease,
+                          sha256=expect_sha256)
 
     def ingest_stream(self, stream: BinaryIO, size: int, label: str = "", **expect) -> Digest:
         """Write exactly ``size`` bytes from ``stream`` into the store, verifying ``expect``."""
@@ -264,6 +173,29 @@ class Store:
                 for p in sorted(sub.iterdir()):
                     if SHA256_RE.match(p.name):
                         yield p.name, p
+
+    def iter_blob_sizes(self) -> Iterator[tuple[str, int]]:
+        for sha, path in self.iter_blobs():
+            try:
+                yield sha, path.stat().st_size
+            except FileNotFoundError:
+                pass
+
+    def local_blob(self, sha256: str) -> Path:
+        """A file on this host holding the blob's bytes (here: the blob itself)."""
+        return self.blob_path(sha256)
+
+    def check_blob(self, sha256: str) -> str | None:
+        """Re-hash the blob where it is stored: None when sound, else "missing" or "corrupt"."""
+        path = self.blob_path(sha256)
+        if not path.exists():
+            return "missing"
+        return None if hash_file(path).sha256 == sha256 else "corrupt"
+
+    def has_view(self, repo_type: str, name: str, commit: str) -> bool:
+        """Whether this host's HF-cache view should hold ``commit`` (always, on the local backend;
+        on an object store views are built per host on demand)."""
+        return True
 
     def remove_blob(self, sha256: str) -> int:
         path = self.blob_path(sha256)
