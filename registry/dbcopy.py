@@ -50,8 +50,9 @@ def tables() -> list[Table]:
 def copy_blobs(src: Depot, dst: Depot, lease=None) -> int:
     """Every blob the source registry lists into the target's store; how many were copied.
 
-    The seam for the blob-store package: local -> local here; another backend supplies its own
-    way to move the bytes. ``lease`` (the target's) keeps them from ``gc`` until registered.
+    Works between any two blob stores (registry/store: local directory, S3): the bytes are read
+    through the source's local file (its read-through cache on S3) and ingested, verified, by
+    the target. ``lease`` (the target's) keeps them from ``gc`` until registered.
     """
     with src.db.session() as s:
         wanted = list(s.execute(select(Blob.sha256, Blob.size).order_by(Blob.sha256)))
@@ -61,10 +62,10 @@ def copy_blobs(src: Depot, dst: Depot, lease=None) -> int:
             lease.hold_blobs([sha])
         if dst.store.has_blob(sha, size):
             continue
-        path = src.store.blob_path(sha)
         if not src.store.has_blob(sha, size):
             raise IntegrityError(f"blob {sha} is missing from the source store; run 'modeldepot "
                                  "verify' on the source first")
+        path = src.store.local_blob(sha)  # on S3: fetched into this host's cache, verified
         got = dst.store.ingest_file(path, label=f"copy-{sha[:12]}", lease=lease)
         if got.sha256 != sha:
             raise IntegrityError(f"blob {sha} in the source store hashes to {got.sha256}; run "

@@ -412,14 +412,23 @@ def db_status(app, as_json):
 @db_group.command("copy")
 @click.option("--to", "to_url", required=True, metavar="URL",
               help="the target registry, e.g. postgresql+psycopg://user@host/db or sqlite:////path")
+@click.option("--to-blobs", "to_blobs", metavar="s3://BUCKET/PREFIX|local",
+              help="the target blob store [default: this depot's own]; AWS_* variables give the "
+              "S3 endpoint and credentials")
 @json_option
 @pass_app
-def db_copy(app, to_url, as_json):
-    """Copy this depot's registry (and blobs) to another database, verified; re-run to resume."""
+def db_copy(app, to_url, to_blobs, as_json):
+    """Copy this depot's registry (and blobs) to another database (and blob store), verified;
+    re-run to resume."""
     from ..dbcopy import copy_depot
     from ..depot import Depot
 
-    report = copy_depot(app.depot, Depot(app.settings.with_(db_url=to_url)))
+    target = app.settings.with_(db_url=to_url)
+    if to_blobs is not None:
+        if to_blobs != "local" and not to_blobs.startswith("s3://"):
+            raise click.UsageError("--to-blobs takes s3://BUCKET/PREFIX or local")
+        target = target.with_(blob_url=None if to_blobs == "local" else to_blobs)
+    report = copy_depot(app.depot, Depot(target))
     if as_json:
         emit_json(report.to_json())
         return
