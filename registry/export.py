@@ -41,6 +41,7 @@ from .importer import is_lfs, task_from_architectures
 from .models import Artifact, Ref, Repo, Revision
 from .naming import validate_ref_name
 from .store.views import ensure_view
+from .validation_texts import SENTENCES as VALIDATION_SENTENCES
 
 RECIPE_FORMAT = 1
 TASKS = (
@@ -92,16 +93,8 @@ STAGES = ("loading", "exporting", "validating fp32", "quantizing", "validating i
           "publishing")
 VERSIONED = ("optimum", "optimum-onnx", "onnx", "onnxruntime", "transformers", "torch")
 
-SAMPLE_TEXTS = [
-    "I love this movie, it is great.",
-    "The film was terrible and I hate it.",
-    "Paris is the capital of France.",
-    "She went to the city with her mother in the morning.",
-    "What a wonderful day!",
-    "The company will change its program next year because of the new law.",
-    "no",
-    "Berlin, London and Rome are big old cities; the river is long and the mountain is high.",
-]
+# The first sentences of the shipped validation set (registry/validation_texts.py).
+SAMPLE_TEXTS = VALIDATION_SENTENCES[:8]
 SAMPLE_QA = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("Who went to the city?", "She went to the city with her mother in the morning."),
