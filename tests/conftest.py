@@ -102,8 +102,8 @@ def blob_backend(request):
 
 @pytest.fixture(scope="session")
 def registry_url():
-    """The registry URL that several homes share in replica tests: None means one SQLite file
-    per test (shared by its homes); MODELDEPOT_TEST_DB_URL points them at another server."""
+    """The registry server replica tests share when MODELDEPOT_TEST_DB_URL names one; None: a
+    fresh database on the session's PostgreSQL (tests/pg.py)."""
     return os.environ.get("MODELDEPOT_TEST_DB_URL") or None
 
 

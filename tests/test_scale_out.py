@@ -3,8 +3,8 @@
 The object store is moto in server mode (a real S3 HTTP endpoint on loopback, conftest
 ``s3_endpoint``); faults come from a TCP proxy in front of it (tests/lbutil.py); the balancer is
 the Debian nginx. Replicas are ``serve`` processes with different homes sharing one registry
-(``registry_url``: one SQLite file here, PostgreSQL when MODELDEPOT_TEST_DB_URL says so) and one
-bucket.
+(a fresh PostgreSQL database from tests/pg.py, or the server MODELDEPOT_TEST_DB_URL names) and
+one bucket: the stack a team deploys.
 """
 
 from __future__ import annotations
@@ -199,20 +199,20 @@ else:
 
 
 @pytest.fixture
-def replicas(tmp_path, s3_endpoint, registry_url):
-    """Two replicas (homes r1, r2) sharing one registry and one bucket, behind nginx."""
+def replicas(tmp_path, s3_endpoint, registry_url, pg_url):
+    """Two replicas (homes r1, r2) sharing one registry (PostgreSQL, as deployed; or the server
+    MODELDEPOT_TEST_DB_URL names) and one bucket, behind nginx."""
     if not Path(NGINX).exists():
         pytest.fail(f"{NGINX} is missing: apt-get install nginx")
     bucket = new_bucket(s3_endpoint)
-    env = {**s3_env(s3_endpoint, bucket),
-           "MODELDEPOT_DB_URL": registry_url or f"sqlite:///{tmp_path}/shared.db"}
+    env = {**s3_env(s3_endpoint, bucket), "MODELDEPOT_DB_URL": registry_url or pg_url}
     started = []
 
     def start(limit_rate=None):
-        # One after the other: migrate-on-open takes a lock in each home, which does not hold
-        # across homes until the registry's lock is a database lock (the PostgreSQL work).
-        for name in ("r1", "r2"):
-            started.append(Replica(tmp_path / name, env).wait())
+        # Both at once: migrate-on-open is a PostgreSQL advisory lock, so the two replicas
+        # racing to upgrade a blank registry is part of what is tested.
+        pending = [Replica(tmp_path / name, env) for name in ("r1", "r2")]
+        started.extend(r.wait() for r in pending)
         return nginx_balancer([r.port for r in started], tmp_path / "nginx", limit_rate)
 
     def host_cli(name, *args):
@@ -383,8 +383,7 @@ def test_two_hosts_importing_the_same_repo_at_once_store_each_blob_once(
         replicas, models, s3_endpoint, tmp_path):
     _start, _started, host_cli, env = replicas
     src = models.get("classifier")
-    # The registry exists first (migrate-on-open is a per-home lock until the PostgreSQL work).
-    assert host_cli("h1", "db", "upgrade").returncode == 0
+    # No 'db upgrade' first: the two hosts race to migrate the blank PostgreSQL registry too.
     procs = [subprocess.Popen([sys.executable, "-m", "cli", "--home", str(tmp_path / host),
                                "import", str(src), "--repo", "org/clf"],
                               cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
