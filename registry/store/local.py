@@ -32,7 +32,6 @@ from .base import (
     Hasher,
     check_relpath,
     etag_for,
-    file_lock,
     hash_file,
     repo_folder_name,
 )
@@ -210,9 +209,6 @@ class Store:
 
     def repo_dir(self, repo_type: str, name: str) -> Path:
         return self.hub / repo_folder_name(repo_type, name)
-
-    def repo_lock(self, repo_type: str, name: str):
-        return file_lock(self.locks / f"{repo_folder_name(repo_type, name)}.lock")
 
     def publish_snapshot(
         self, repo_type: str, name: str, commit: str, files: Iterable[tuple[str, str, str, bool]]

@@ -23,6 +23,6 @@ def ensure_view(depot, repo_type: str, name: str, commit: str) -> Path:
         files = [(f.path, f.sha256, f.git_sha1, f.lfs) for f in s.scalars(
             select(File).join(Revision).join(Repo).where(
                 Repo.type == repo_type, Repo.name == name, Revision.commit == commit))]
-    with depot.store.repo_lock(repo_type, name):
+    with depot.repo_lock(repo_type, name):  # the lock publishing holds (registry/locks.py)
         depot.store.publish_snapshot(repo_type, name, commit, files)
     return snapshot
