@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DepotError, InvalidInput, NotFound, RepoNotFound
-from .store.views import ensure_view
 
 # pyarrow detects these from the file name and decompresses on the fly.
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br")
@@ -109,6 +108,8 @@ def open_dataset(depot: Depot, name: str, rev: str | None = None) -> DatasetRepo
             f"{name} is a model repo, not a dataset; 'modeldepot dataset' reads datasets only "
             f"(see 'modeldepot show {name}')"
         ) from None
+    from .store.views import ensure_view  # here: `modeldepot --help` must not load the store
+
     snapshot = ensure_view(depot, "dataset", resolved["repo"], resolved["commit"])
     return DatasetRepo(name, resolved["commit"], snapshot, discover(snapshot, label=name),
                        {f["path"]: f["size"] for f in resolved["files"]})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..names import add_repo_name, list_repo_names, remove_repo_name
 from ._common import emit_json, json_option, pass_app, repo_type_option, table
 
 
@@ -26,6 +25,8 @@ def names_group():
 @pass_app
 def names_add(app, repo, former, repo_type, as_json):
     """Let FORMER (an old or legacy id) reach REPO."""
+    from ..names import add_repo_name
+
     result = add_repo_name(app.depot, repo_type, repo, former, source="manual")
     if as_json:
         emit_json(result)
@@ -42,6 +43,8 @@ def names_add(app, repo, former, repo_type, as_json):
 @pass_app
 def names_rm(app, former, repo_type, as_json):
     """Stop answering FORMER (the repo itself stays)."""
+    from ..names import remove_repo_name
+
     result = remove_repo_name(app.depot, repo_type, former)
     if as_json:
         emit_json(result)
@@ -57,6 +60,8 @@ def names_rm(app, former, repo_type, as_json):
 @pass_app
 def names_list(app, repo, repo_type, as_json):
     """List former names (of REPO, or of every repo)."""
+    from ..names import list_repo_names
+
     rows = list_repo_names(app.depot, repo_type, repo)
     if as_json:
         emit_json(rows)
