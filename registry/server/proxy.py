@@ -176,9 +176,16 @@ class Proxy:
         """Make sure the registry holds ``rev`` of ``name`` (asking the upstream when it must).
         Returns the repo id to answer under (a renamed repo's new id) and, when it did not have
         to ask, how ``rev`` resolved locally."""
-        name = await asyncio.to_thread(lib.canonical_name, self.depot, repo_type, name)
         hub_api._check_rev(rev)
         local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, rev)
+        if local is None:
+            # A former name is never a repo of its own, so a hit needs no names lookup: only a
+            # miss asks whether ``name`` is a renamed repo's old id.
+            current = await asyncio.to_thread(lib.canonical_name, self.depot, repo_type, name)
+            if current != name:
+                name = current
+                local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type,
+                                                name, rev)
         key = (repo_type, name, rev or "main")
         fresh = time.monotonic() - self.checked.get(key, float("-inf")) < self.cfg.ttl
         if local is not None and (local.kind in ("commit", "alias") or fresh):
