@@ -218,6 +218,15 @@ def int8_warning(recipe: dict | None) -> str | None:
 # -- planning (cheap: the registry, config.json, and optimum's task tables) ----------------------
 
 
+def read_model_config(snapshot: Path, spec: str) -> dict:
+    """A revision's config.json, or one clear line saying why it cannot be read (the
+    producers of derived revisions, export and fine-tune, read it the same way)."""
+    try:
+        return json.loads((snapshot / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{spec}: config.json cannot be read: {e}") from None
+
+
 def plan_export(
     depot: Depot,
     repo_type: str,
@@ -276,10 +285,7 @@ def plan_export(
     if not any("/" not in p and any(fnmatch.fnmatch(p, w) for w in WEIGHT_PATTERNS) for p in paths):
         raise InvalidInput(f"{spec} has no PyTorch weights (*.safetensors or pytorch_model.bin); "
                            "import or pull a revision that has them")
-    try:
-        config = json.loads((snapshot / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"{spec}: config.json cannot be read: {e}") from None
+    config = read_model_config(snapshot, spec)
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
 

@@ -204,10 +204,9 @@ def _base_model(depot: Depot, name: str, revision: str | None, task: str):
     if not any(p in TOKENIZER_FILES for p in paths):
         raise InvalidInput(f"{spec} has no tokenizer files (tokenizer.json, vocab.txt, ...); "
                            "fine-tuning needs the tokenizer the base was trained with")
-    try:
-        config = json.loads((snapshot / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"{spec}: config.json cannot be read: {e}") from None
+    from .export import read_model_config
+
+    config = read_model_config(snapshot, spec)
     model_type = config.get("model_type")
     heads = _head_mapping(task)
     if model_type not in heads:
