@@ -746,10 +746,12 @@ def _refs_to_record(requested: str | None, commit: str,
         out[requested] = "tag" if refs and requested in refs["tags"] else "branch"
     valid = []
     for ref, kind in out.items():
+        if ref.startswith(("refs/pr/", "refs/convert/")):
+            continue  # the Hub's own names for a pull request or conversion: not a branch here
         try:
             validate_ref_name(ref)
         except InvalidInput:
-            continue  # e.g. refs/pr/1: served by commit, not recorded as a name
+            continue
         valid.append((ref, kind))
     return valid
 

@@ -263,6 +263,28 @@ def record_revision(depot: Depot, cfg: ProxyConfig, repo_type: str, name: str,
     return canonical, commit
 
 
+def upstream_refs(cfg: ProxyConfig, repo_type: str, name: str, prs: bool) -> dict:
+    """The upstream's ``/refs`` answer for ``name`` (``pullRequests`` too when ``prs``), each
+    group a list of {name, ref, targetCommit}. Raises a Hub-shaped error on failure."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = f"{cfg.upstream}/api/{repo_type}s/{name}/refs" + ("?include_prs=1" if prs else "")
+    try:
+        r = get_session().get(url, headers=build_hf_headers(token=cfg.token or False,
+                                                            library_name="modeldepot"),
+                              timeout=METADATA_TIMEOUT)
+        hf_raise_for_status(r)
+        body = r.json()
+        out = {}
+        for group in ("branches", "converts", "tags") + (("pullRequests",) if prs else ()):
+            out[group] = [{"name": str(i["name"]), "ref": str(i["ref"]),
+                           "targetCommit": str(i["targetCommit"])}
+                          for i in body.get(group) or [] if is_commit(i.get("targetCommit", ""))]
+    except Exception as e:  # noqa: BLE001 - every upstream failure becomes one Hub-shaped error
+        raise upstream_failure(e, cfg, repo_type, name) from e
+    return out
+
+
 def _present_records(depot: Depot, files: list[hub.UpstreamFile]) -> list[FileRecord]:
     """Records for the listed files whose content the store already holds (no download)."""
     by_git = hub._existing_by_git_sha1(depot, files)

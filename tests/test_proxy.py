@@ -38,6 +38,7 @@ class Extra:
     slow: dict = field(default_factory=dict)  # file -> (bytes per chunk, seconds between chunks)
     down: bool = False  # every connection is dropped, kept-alive ones included
     retry_after: str | None = None  # every request: 429 with this Retry-After
+    prs: dict = field(default_factory=dict)  # (repo, N) -> commit: refs/pr/N, as hf.co has them
 
 
 def _xetify(value):
@@ -66,6 +67,18 @@ async def extra_modes(request: web.Request, handler):
         for prefix in ("/api/models/", "/"):
             if request.path.startswith(prefix + old + "/") or request.path == prefix + old:
                 raise web.HTTPTemporaryRedirect(prefix + new + request.path[len(prefix + old):])
+    for (repo, n), commit in x.prs.items():  # hf.co resolves a pull request's ref itself
+        for pr in (f"refs/pr/{n}", f"refs%2Fpr%2F{n}"):
+            for action in ("resolve", "revision", "tree", "paths-info"):
+                marker = f"{repo}/{action}/{pr}"
+                if marker in request.raw_path and request.raw_path.split(marker)[1][:1] in ("", "/", "?"):
+                    request = request.clone(rel_url=request.raw_path.replace(
+                        marker, f"{repo}/{action}/{commit}", 1))
+        if request.path == f"/api/models/{repo}/refs" and request.query.get("include_prs"):
+            body = json.loads((await handler(request)).body)
+            body["pullRequests"] = [{"name": f"refs/pr/{k}", "ref": f"refs/pr/{k}",
+                                     "targetCommit": c} for (r, k), c in x.prs.items() if r == repo]
+            return web.json_response(body)
     name = request.path.rsplit("/", 1)[-1]
     if request.method == "GET" and "/resolve/" in request.path and name in x.slow:
         from registry.server import hub_api
@@ -138,7 +151,7 @@ def upstream(upstream_server):
     f.strip_info = f.no_tree = f.bad_etag = False
     f.status = None
     x: Extra = upstream_server["extra"]
-    x.xet, x.redirect, x.slow, x.down, x.retry_after = False, {}, {}, False, None
+    x.xet, x.redirect, x.slow, x.down, x.retry_after, x.prs = False, {}, {}, False, None, {}
     yield upstream_server
     if f.server._site is None:
         f.server.listen()
@@ -430,6 +443,58 @@ def test_a_moved_branch_is_seen_after_the_ttl_and_the_old_commit_when_the_upstre
     assert open(hf_download(url, "org/moving", "a.txt", tmp_path / "again")).read() == "two\n"
     assert api.model_info("org/moving", revision=first).sha == first  # a commit: cached forever
     assert "modeldepot_proxy_stale_served_total 1.0" in requests.get(url + "/metrics").text
+
+
+def test_refs_are_the_upstreams_plus_the_registrys_own_and_pull_requests_resolve(
+        upstream, make_proxy, tmp_path):
+    from huggingface_hub import HfApi
+
+    from registry.importer import import_dir
+
+    up = upstream["depot"]
+    work = tmp_path / "refs"
+    work.mkdir()
+    (work / "config.json").write_text("{}\n")
+    (work / "a.txt").write_text("main\n")
+    main = import_dir(up, work, "org/refs").commit
+    (work / "a.txt").write_text("dev\n")
+    dev = import_dir(up, work, "org/refs", ref="dev").commit
+    (work / "a.txt").write_text("a pull request\n")
+    pr = import_dir(up, work, "org/refs", ref="pr-head").commit
+    (work / "a.txt").write_text("never fetched\n")
+    never = import_dir(up, work, "org/refs", ref="never").commit
+    upstream["extra"].prs = {("org/refs", 1): pr}
+    url, depot = make_proxy(upstream["url"], ttl=60)
+    api = HfApi(endpoint=url)
+    assert api.model_info("org/refs").sha == main  # the proxy now holds main only
+    depot.tag("model", "org/refs", main, "prod-here")
+    refs = api.list_repo_refs("org/refs", include_pull_requests=True)
+    # The upstream's branches, although the depot holds none of their commits yet, and the
+    # registry's own alias; the upstream's pull request.
+    assert {(b.name, b.target_commit) for b in refs.branches} == {
+        ("main", main), ("dev", dev), ("pr-head", pr), ("never", never)}
+    assert ("prod-here", main) in {(t.name, t.target_commit) for t in refs.tags}
+    assert [(p.name, p.target_commit) for p in refs.pull_requests] == [("refs/pr/1", pr)]
+    # A branch the /refs answer named is fetched on the first request for it.
+    assert open(hf_download(url, "org/refs", "a.txt", tmp_path, revision="dev")).read() == "dev\n"
+    # refs/pr/N resolves through the upstream, then within the TTL from the depot alone.
+    assert api.model_info("org/refs", revision="refs/pr/1").sha == pr
+    path = hf_download(url, "org/refs", "a.txt", tmp_path / "pr", revision="refs/pr/1")
+    assert open(path).read() == "a pull request\n"
+    assert sorted(f.path for f in api.list_repo_tree("org/refs", revision="refs/pr/1")) == [
+        "a.txt", "config.json"]
+    upstream["faults"].log.clear()
+    path = hf_download(url, "org/refs", "a.txt", tmp_path / "pr2", revision="refs/pr/1")
+    assert open(path).read() == "a pull request\n"
+    assert api.list_repo_refs("org/refs").branches
+    assert upstream["faults"].log == []
+    # With the upstream down, a proxy that never saw its answer serves the registry's refs:
+    # the branches at commits it recorded (pr-head is refs/pr/1's commit), not the other one;
+    # refs/pr/1 itself is no branch of the registry.
+    upstream_down(upstream)
+    url2, _ = make_proxy(upstream["url"], ttl=60)
+    assert {b.name for b in HfApi(endpoint=url2).list_repo_refs("org/refs").branches} == {
+        "main", "dev", "pr-head"}
 
 
 def test_registry_aliases_never_go_upstream(upstream, make_proxy, tmp_path, cli):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
@@ -161,6 +162,8 @@ class Proxy:
         self.fetches: dict[Any, FileFetch] = {}
         self._tasks: set[asyncio.Task] = set()
         self.checked: dict[tuple, float] = {}  # (type, repo, ref) -> when last resolved upstream
+        self.special: dict[tuple, str] = {}  # (type, repo, "refs/pr/N") -> commit
+        self.refs: dict[tuple, tuple[float, dict]] = {}  # the upstream's /refs, when fetched
         self.pool = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="proxy")
 
     async def _thread(self, fn, *args, **kwargs):
@@ -177,15 +180,14 @@ class Proxy:
         Returns the repo id to answer under (a renamed repo's new id) and, when it did not have
         to ask, how ``rev`` resolved locally."""
         hub_api._check_rev(rev)
-        local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, rev)
+        local = await self._local(repo_type, name, rev)
         if local is None:
             # A former name is never a repo of its own, so a hit needs no names lookup: only a
             # miss asks whether ``name`` is a renamed repo's old id.
             current = await asyncio.to_thread(lib.canonical_name, self.depot, repo_type, name)
             if current != name:
                 name = current
-                local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type,
-                                                name, rev)
+                local = await self._local(repo_type, name, rev)
         key = (repo_type, name, rev or "main")
         fresh = time.monotonic() - self.checked.get(key, float("-inf")) < self.cfg.ttl
         if local is not None and (local.kind in ("commit", "alias") or fresh):
@@ -214,7 +216,22 @@ class Proxy:
         self.checked[key] = time.monotonic()
         if canonical != name:
             self.checked[(repo_type, canonical, rev or "main")] = self.checked[key]
+        if is_special_ref(rev):
+            self.special[(repo_type, name, rev)] = self.special[(repo_type, canonical, rev)] = _commit
+            return canonical, await asyncio.to_thread(lib.local_revision, self.depot, repo_type,
+                                                      canonical, _commit)
         return canonical, None
+
+    async def _local(self, repo_type: str, name: str, rev: str | None) -> lib.LocalRev | None:
+        if not is_special_ref(rev):
+            return await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, rev)
+        # refs/pr/N and refs/convert/X are no ref names of the registry: the commit the upstream
+        # gave for one is kept here, re-resolved after the TTL like a branch.
+        commit = self.special.get((repo_type, name, rev))
+        if commit is None:
+            return None
+        local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, commit)
+        return None if local is None else lib.LocalRev("pull-request", local.commit, local.partial)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -314,6 +331,8 @@ class Proxy:
             await asyncio.to_thread(self._enforce_flags, request, repo_type, name, True)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
+            if is_special_ref(t.rev):
+                request = _at_commit(request, local.commit)
             if local is None:  # just recorded
                 local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name,
                                                 t.rev)
@@ -371,17 +390,52 @@ class Proxy:
         targets = hub_api.parse_api(tail)
         if targets:
             t = targets[0]
+            repo_type = hub_api.TYPES[kind]
             try:
-                name, _local = await self.ensure(hub_api.TYPES[kind], t.repo,
-                                         None if t.action in ("info", "refs") else t.rev)
+                name, local = await self.ensure(repo_type, t.repo,
+                                                None if t.action in ("info", "refs") else t.rev)
                 # metadata of a gated repo is public (as on the Hub); a private one is not
-                await asyncio.to_thread(self._enforce_flags, request, hub_api.TYPES[kind], name,
-                                        False)
+                await asyncio.to_thread(self._enforce_flags, request, repo_type, name, False)
             except DepotError as e:
                 return error_response(e)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
+            if t.action not in ("info", "refs") and is_special_ref(t.rev):
+                request = _at_commit(request, local.commit)
+            if t.action == "refs":
+                return await self.upstream_refs(request, handler, repo_type, name)
         return await handler(request)
+
+    async def upstream_refs(self, request: web.Request, handler, repo_type: str,
+                            name: str) -> web.StreamResponse:
+        """The upstream's branches, tags (and pull requests) of ``name``, at most one call per
+        TTL, plus what only the registry names (aliases such as ``prod``). A ref pointing at a
+        commit the depot lacks is fetched on the first request that names it. When the upstream
+        fails, its last answer or else the registry's own refs are served."""
+        local = await handler(request)
+        if local.status != 200 or self.offline or not self.cfg.allows(repo_type, name):
+            return local
+        prs = request.query.get("include_prs", "").lower() in ("1", "true")
+        key = (repo_type, name)  # one call, with pull requests, answers both kinds of request
+        seen = self.refs.get(key)
+        if seen is None or time.monotonic() - seen[0] >= self.cfg.ttl:
+            self.metrics.misses.labels("metadata").inc()
+            try:
+                body = await self.flights.run("metadata", ("refs",) + key, lambda: self._thread(
+                    lib.upstream_refs, self.cfg, repo_type, name, True))
+                seen = self.refs[key] = (time.monotonic(), body)
+            except DepotError as e:
+                self._failed(e)
+                if seen is None:
+                    return local
+                self.metrics.stale.inc()
+        else:
+            self.metrics.hits.labels("metadata").inc()
+        merged = {k: list(v) for k, v in seen[1].items() if prs or k != "pullRequests"}
+        for group, items in json.loads(local.body).items():
+            known = {item.get("name") for item in merged.get(group, [])}
+            merged.setdefault(group, []).extend(i for i in items if i.get("name") not in known)
+        return web.json_response(merged)
 
     async def search(self, request: web.Request, handler) -> web.StreamResponse:
         local = await handler(request)
@@ -448,6 +502,21 @@ def _range_start(header: str | None, size: int) -> int | None:
         if first.isdigit() and not last and int(first) < size:
             return int(first)
     return None
+
+
+def is_special_ref(rev: str | None) -> bool:
+    """``refs/pr/N``, ``refs/convert/X``: the Hub resolves them, the registry cannot name them."""
+    return rev is not None and rev.startswith(("refs/pr/", "refs/convert/"))
+
+
+_SPECIAL_IN_PATH = re.compile(r"/(resolve|revision|tree|paths-info)/refs(?:/|%2[fF])(pr|convert)"
+                              r"(?:/|%2[fF])[^/?]+")
+
+
+def _at_commit(request: web.Request, commit: str) -> web.Request:
+    """The same request with its ``refs/pr/N`` (encoded or not) replaced by ``commit``."""
+    raw = _SPECIAL_IN_PATH.sub(lambda m: f"/{m[1]}/{commit}", request.raw_path, count=1)
+    return request.clone(rel_url=raw)
 
 
 def _renamed(request: web.Request, old: str, new: str) -> web.Request:
