@@ -772,3 +772,43 @@ def test_a_gated_upstream_repo_is_proxied_only_for_approved_tokens(upstream, hom
         server.close()
         with up.db.session(write=True) as s:
             s.execute(update(Repo).where(Repo.name == "org/clf").values(gated=None))
+
+
+def test_the_access_audit_counts_the_bytes_a_proxied_stream_sent(upstream, home, tmp_path):
+    """A file streamed while it arrives is audited with what went out: all of it, or, when a
+    wrong byte cut the connection, what the client got before the cut ("aborted")."""
+    from registry.auth.audit import records
+    from registry.auth.policy import AuthOptions
+    from registry.auth.tokens import create_token
+    from registry.config import Settings
+    from registry.depot import Depot
+    from registry.proxy import ProxyConfig
+    from registry.server.app import ServeOptions, create_app
+    from serverutil import AppServer
+
+    settings = Settings.from_env(home=home)
+    depot = Depot(settings)
+    reader, _ = create_token(depot, "reader", ["read"], actor="test")
+    server = AppServer(create_app(settings, ServeOptions(
+        inference=False, auth=AuthOptions(mode="required"),
+        proxy=ProxyConfig(upstream=upstream["url"]))))
+    auth = {"Authorization": f"Bearer {reader}"}
+    want = (upstream["src"] / "model.safetensors").read_bytes()
+    try:
+        upstream["faults"].corrupt.add("model.safetensors")
+        r = requests.get(f"{server.url}/org/clf/resolve/main/model.safetensors", headers=auth,
+                         stream=True)
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            r.content  # cut short of Content-Length
+        upstream["faults"].corrupt.clear()
+        r = requests.get(f"{server.url}/org/clf/resolve/main/model.safetensors", headers=auth)
+        assert r.content == want
+        time.sleep(1.2)  # the audit writes its batch every 0.5 s
+    finally:
+        server.close()
+    rows = [(x["token"], x["status"], x["outcome"], x["bytes"])
+            for x in records(depot, repo="org/clf") if x["path"] == "model.safetensors"]
+    assert [r[:3] for r in rows] == [("reader", 200, "aborted"), ("reader", 200, "ok")]
+    # bytes: what the socket took before the cut (every byte but the last may go out before
+    # the file verified), then the whole file
+    assert 0 < rows[0][3] < len(want) and rows[1][3] == len(want)

@@ -341,7 +341,10 @@ async def access_control(request: web.Request, handler):
     if not audited:
         return response
     entry["commit"] = response.headers.get("X-Repo-Commit")
-    if route.kind == "download" and (isinstance(response, web.FileResponse)
+    if response.prepared and hasattr(response, "sent_bytes"):  # proxy.Streamed: already sent
+        ac.record({**entry, "status": response.status, "bytes_sent": response.sent_bytes,
+                   "outcome": response.outcome})
+    elif route.kind == "download" and (isinstance(response, web.FileResponse)
                                      or hasattr(response, "sent_bytes")):
         _measure(response, entry, ac)
     else:

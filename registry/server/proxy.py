@@ -152,6 +152,16 @@ class FileFetch:
         await self._event.wait()
 
 
+class Streamed(web.StreamResponse):
+    """A file streamed while it arrives; it counts what went out, for the access audit (which
+    records it once the handler returns, the last byte sent or the connection cut)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sent_bytes = 0
+        self.outcome = "ok"
+
+
 class Proxy:
     def __init__(self, app: web.Application, cfg: lib.ProxyConfig):
         self.cfg = cfg
@@ -283,7 +293,7 @@ class Proxy:
         if fetch.state == "failed":  # nothing sent yet: a proper error, not a cut
             return error_response(fetch.error)
         size = fetch.size
-        resp = web.StreamResponse(status=206 if start else 200, headers=headers)
+        resp = Streamed(status=206 if start else 200, headers=headers)
         resp.content_length = size - start
         if start:
             resp.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
@@ -299,20 +309,24 @@ class Proxy:
             while True:
                 if fetch.state == "failed" or (fetch.generation != generation and pos > start):
                     transport.close()  # short of Content-Length: the client's check fails
+                    resp.outcome = "aborted"
                     return resp
                 generation = fetch.generation
                 # Everything but the last byte may go out before the whole file verified.
                 limit = size if fetch.state == "verified" else min(fetch.have, size - 1)
                 if pos < limit:
                     if transport is None or transport.is_closing():
+                        resp.outcome = "aborted"
                         return resp
                     await loop.sendfile(transport, src, pos, limit - pos)
+                    resp.sent_bytes += limit - pos
                     pos = limit
                     continue
                 if pos >= size and fetch.state == "verified":
                     break
                 await fetch.changed()
         except (ConnectionError, RuntimeError):
+            resp.outcome = "aborted"
             return resp  # the client went away; the fetch goes on for the others
         finally:
             src.close()
