@@ -8,6 +8,7 @@ import errno
 import hashlib
 import http.client
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,29 @@ def test_conditionals_use_the_etag_the_server_sent(site, name):
     assert req(Range="bytes=0-3", **{"If-Range": '"stale"'})[::2] == (200, data)
     assert req(Range="bytes=0-3", **{"If-Range": "Wed, 21 Oct 2015 07:28:00 GMT"})[::2] == \
         (200, data)
+
+
+def _file_statuses(site) -> dict[str, float]:
+    """GET answers of the route files are served by (``/{tail}``) by status, from /metrics."""
+    text = raw(site, "GET", "/metrics")[2].decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^modeldepot_http_requests_total\{method="GET",route="([^"]*)",'
+                         r'status="(\d+)"\} (\S+)$', text, re.M):
+        if m[1] == "/{tail}":
+            out[m[2]] = float(m[3])
+    return out
+
+
+def test_metrics_count_the_status_a_file_was_sent_with(site):
+    path = "/org/m2/resolve/main/config.json"
+    tag = raw(site, "HEAD", path)[1]["etag"]
+    before = _file_statuses(site)
+    assert raw(site, "GET", path, {"If-None-Match": tag})[0] == 304
+    assert raw(site, "GET", path, {"Range": "bytes=0-1"})[0] == 206
+    assert raw(site, "GET", path, {"If-Match": '"nope"'})[0] == 412
+    after = _file_statuses(site)
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in ("200", "206", "304", "412")} == {
+        "200": 0, "206": 1, "304": 1, "412": 1}
 
 
 @pytest.mark.parametrize("range_header, status, want", [

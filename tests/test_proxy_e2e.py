@@ -1,7 +1,8 @@
 """End to end: depot A serves (a real `modeldepot serve`), depot P is `modeldepot serve --proxy A`
 with nothing pulled, and unmodified transformers / huggingface_hub / datasets with
 ``HF_ENDPOINT`` pointing at P get the originals; then, with A stopped, the same calls from a fresh
-client cache still work from P, and P's `verify` is clean."""
+client cache still work from P, and P's `verify` is clean; with the pinned clients and with the
+current releases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from serverutil import ROOT, running_server
+from test_clients_current import _interpreter
 
 CLIENT = r"""
 import filecmp, json, os, sys
@@ -38,21 +42,28 @@ print(json.dumps(out))
 """
 
 
-def _client(url: str, src, hf_home) -> dict:
-    env = dict(os.environ, HF_ENDPOINT=url, HF_HOME=str(hf_home), HF_HUB_DISABLE_XET="1",
-               HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_UPDATE_DOWNLOAD_COUNTS="0")
-    p = subprocess.run([sys.executable, "-c", CLIENT, str(src)], cwd=ROOT, capture_output=True,
+def _client(python: str, url: str, src, hf_home) -> dict:
+    # Xet is left on: whatever the upstream is, the proxy's answers never send a client there.
+    env = dict(os.environ, HF_ENDPOINT=url, HF_HOME=str(hf_home),
+               HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_UPDATE_DOWNLOAD_COUNTS="0",
+               TRANSFORMERS_VERBOSITY="error")
+    env.pop("HF_HUB_DISABLE_XET", None)
+    p = subprocess.run([python, "-c", CLIENT, str(src)], cwd=ROOT, capture_output=True,
                        text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("which", ["pinned", "current"])
 def test_unmodified_clients_through_the_proxy_then_with_the_upstream_stopped(
-        tmp_path, models, cli, guard_log):
+        which, tmp_path, models, cli, guard_log):
+    """The pinned clients of the main venv and the current releases (.venv-clients:
+    huggingface_hub 2.4, transformers 5.23, datasets 5.2), as the team's developers run them."""
     from registry.config import Settings
     from registry.depot import Depot
     from registry.importer import import_dir
 
+    python = _interpreter(which)
     a = Depot(Settings.from_env(home=tmp_path / "a"))
     src = models.get("classifier")
     import_dir(a, src, "org/clf")
@@ -67,10 +78,10 @@ def test_unmodified_clients_through_the_proxy_then_with_the_upstream_stopped(
     url_a = upstream.__enter__()
     try:
         with running_server(tmp_path / "p", ["--no-inference", "--proxy", url_a]) as url_p:
-            assert _client(url_p, src, tmp_path / "hf1") == want
+            assert _client(python, url_p, src, tmp_path / "hf1") == want
             upstream.__exit__(None, None, None)
             upstream = None
-            assert _client(url_p, src, tmp_path / "hf2") == want
+            assert _client(python, url_p, src, tmp_path / "hf2") == want
     finally:
         if upstream is not None:
             upstream.__exit__(None, None, None)

@@ -100,6 +100,10 @@ class BlobResponse(web.StreamResponse):
             self._file.close()
             self._file = None
 
+    def status_for(self, request: web.BaseRequest) -> int:
+        """The status :meth:`prepare` will send (for metrics, read before it runs)."""
+        return self._decide(request)[0]
+
     def _decide(self, request: web.BaseRequest) -> tuple[int, int, int]:
         """(status, offset, count) for this request's conditionals and range."""
         etag, size, h = self._content_etag, self._size, request.headers

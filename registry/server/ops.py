@@ -77,6 +77,9 @@ async def measure(request: web.Request, handler):
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared and hasattr(response, "status_for"):
+            # a file's status (304, 206, 412, 416) is decided when aiohttp prepares it, after us
+            status = response.status_for(request)
         return response
     except web.HTTPException as e:
         status = e.status
