@@ -179,6 +179,32 @@ def test_slowloris_body_stall_and_idle_connections_are_closed(big_home):
             s.close()
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"G\x01T / HTTP/1.1\r\nHost: depot\r\n\r\n",                  # not a method token
+    b"GET / HTTP/9\r\nHost: depot\r\n\r\n",                        # not a version
+    b"GET / HTTP/1.1\r\nHost: depot\r\nX: " + b"a" * 20000 + b"\r\n\r\n",  # header too long
+    b"GET / HTTP/1.1\r\nHost: depot\r\nBad Header: x\r\n\r\n",      # space in a name
+    b"POST /api/models HTTP/1.1\r\nHost: depot\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_requests_the_parser_refuses_get_a_json_400(big_home, request_bytes):
+    with running_server(big_home, ["--no-inference"]) as url:
+        s = connect(url, "127.0.0.1")
+        s.sendall(request_bytes)
+        s.settimeout(10)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        s.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.0 400 Bad Request")
+        assert b"Content-Type: application/json" in head
+        error = json.loads(body)
+        assert error["error_type"] == "BadRequest"
+        assert error["error"].startswith("malformed request: ")
+        assert b"\x01" not in body and b"aaaa" not in body  # the request is not echoed
+        assert status_of(url, "/health") == 200
+
+
 def test_soft_open_file_limit_is_raised_at_start(big_home):
     with running_server(big_home, ["--no-inference"], preexec_fn=nofile(256, 4096)) as url:
         assert status_of(url, "/health") == 200

@@ -59,6 +59,18 @@ def default_max_connections(nofile: int) -> int:
     return max(16, min(MAX_CONNECTIONS, (nofile - RESERVED_FDS) // 2))
 
 
+_PARSER_ERRORS = {  # aiohttp.http_exceptions, by name (the C and Python parsers share them)
+    "BadHttpMethod": "the method is not an HTTP token",
+    "BadStatusLine": "the request line is malformed",
+    "LineTooLong": "a line of the request is too long",
+    "InvalidHeader": "a header is malformed",
+    "BadHttpMessage": "the request is not valid HTTP/1.1",
+    "TransferEncodingError": "the body's chunked framing is invalid",
+    "ContentLengthError": "the body does not match its Content-Length",
+    "InvalidURLError": "the request target is not a valid URL",
+}
+
+
 class GuardedHandler(RequestHandler):
     """One connection: the aiohttp protocol plus the clocks the sweeper reads."""
 
@@ -98,6 +110,23 @@ class GuardedHandler(RequestHandler):
                 "error_type": "Unavailable"}
         response = web.Response(text=json.dumps(body), status=503, content_type="application/json",
                                 headers={"Retry-After": RETRY_AFTER_S, "Server": SERVER_NAME})
+        response.force_close()
+        return response
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp's parser refused (a bad method, request line, header or body
+        framing), or an error past every middleware: the JSON error shape of every other answer,
+        never the parser's text (which quotes the request's bytes)."""
+        super().handle_error(request, status, exc, message)  # logs; raises if bytes went out
+        if status >= 500:
+            text, kind = "internal server error", "InternalError"
+        else:
+            why = _PARSER_ERRORS.get(type(exc).__name__, "the request is not valid HTTP/1.1")
+            text, kind = f"malformed request: {why}", "BadRequest"
+        response = web.Response(text=json.dumps({"error": text, "error_type": kind}),
+                                status=status, content_type="application/json",
+                                headers={"Server": SERVER_NAME})
         response.force_close()
         return response
 
