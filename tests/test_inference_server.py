@@ -191,6 +191,9 @@ def test_more_inputs_than_the_queue_holds_is_422_not_retry(zoo_home):
     serve(zoo_home, check, max_queue=2)
 
 
+BUDGET_MB = 2  # one of the tiny models measured 1.0 MB under load: a 1 MB budget was flaky
+
+
 def test_memory_budget_unloads_the_least_recently_used(zoo_home):
     from registry.inference.backends import estimate_size
     from registry.server.inference_api import INFERENCE
@@ -207,19 +210,23 @@ def test_memory_budget_unloads_the_least_recently_used(zoo_home):
             assert status == 200, body
         loaded = [m.source.name for m in service.cache.loaded()]
         assert 0 < len(loaded) and loaded == order[-len(loaded):]
-        assert service.cache.used_bytes <= 1024 * 1024
+        assert service.cache.used_bytes <= BUDGET_MB * 1024 * 1024
+        # What a load made resident is measured (RSS growth: 0.15 to 1 MB for these models from
+        # run to run), so how many fit varies; when the four did not fit, the oldest went first.
+        measured = sum(service.cache._measured.values())
+        assert len(loaded) == 4 or measured > BUDGET_MB * 1024 * 1024
         # The budget counts what a load made resident, not only weight files: the BART export
         # (three ONNX Runtime sessions and a transformers pipeline) has under 1 MB of weights,
         # and used to be loaded within a 1 MB budget.
         _, weights, source, _, backend = service.plan("zoo/bart", None, "auto", "fp32")
-        assert weights < 1024 * 1024
+        assert weights < BUDGET_MB * 1024 * 1024
         status, body, headers = await post(client, "/models/zoo/bart", {
             "inputs": "a good day", "parameters": {"max_new_tokens": 2}})
         assert (status, body["error_type"], headers["Retry-After"]) == (503, "Unavailable", "3600")
         needs = float(body["error"].split("needs about ")[1].split(" MB")[0])
-        assert needs > 1 and body["error"] == (
+        assert needs > BUDGET_MB and body["error"] == (
             f"{source.label} needs about {needs:.1f} MB resident, more than the memory budget "
-            "of 1 MB; restart the server with a larger --memory-budget-mb")
+            f"of {BUDGET_MB} MB; restart the server with a larger --memory-budget-mb")
         # Refused again from what was measured, without loading it again.
         status, body2, _ = await post(client, "/models/zoo/bart", {"inputs": "again"})
         assert (status, body2) == (503, body)
@@ -231,7 +238,7 @@ def test_memory_budget_unloads_the_least_recently_used(zoo_home):
         assert status == 200
         assert service.cache.loaded()[-1].source.name == "zoo/classifier"
 
-    serve(zoo_home, check, memory_budget_mb=1)
+    serve(zoo_home, check, memory_budget_mb=BUDGET_MB)
 
 
 def test_metrics_count_requests_latency_batches_and_models(zoo_home):
