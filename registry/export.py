@@ -188,9 +188,9 @@ def quantization_inputs(quantize: str | None, task: str) -> dict | None:
     if task in GENERATIVE:
         return {"mode": quantize, "approach": "dynamic", "target": quant_target(),
                 "per_channel": ORT_PER_CHANNEL}
-    from .quantize import METHOD
+    from .quantize import recipe_parameters
 
-    return {"mode": quantize, "approach": "dynamic", "method": METHOD, "per_channel": True,
+    return {"mode": quantize, "approach": "static", **recipe_parameters(), "per_channel": True,
             "validation_texts": _validation_texts_digest()}
 
 
@@ -556,7 +556,8 @@ def _build(plan: ExportPlan, out: Path, *, atol: float, force: bool, step: Progr
     if plan.quantize:
         step("quantizing")
         try:
-            qgraphs, quantized = _quantize(out, graphs, plan.quantization)
+            calibration = None if generative else _calibration_inputs(tokenizer, model.config)
+            qgraphs, quantized = _quantize(out, graphs, plan.quantization, calibration)
         except Exception as e:
             raise InvalidInput(f"int8 quantization failed: {_first_line(e)}; try a lower "
                                "--optimize level with --quantize") from e
@@ -684,6 +685,30 @@ def _encoder_inputs(tokenizer, config, task: str) -> dict:
     feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
     feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
     return feed
+
+
+def _calibration_inputs(tokenizer, config, batch: int = 32) -> list[dict]:
+    """Padded numpy batches of registry/quantize.py's calibration texts (random ids without a
+    tokenizer), tokenized like the validation inputs."""
+    import numpy as np
+
+    from .quantize import calibration_texts
+
+    if tokenizer is None:  # other ids than the validation's (_synthetic_ids draws with seed 0)
+        vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+        ids = np.random.default_rng(1).integers(low=min(5, vocab - 1), high=vocab, size=(64, 16),
+                                                dtype=np.int64)
+        return [{"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids)}]
+    texts = calibration_texts()
+    feeds = []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(texts[start:start + batch], padding=True, truncation=True,
+                        max_length=128, return_tensors="np")
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+        feeds.append(feed)
+    return feeds
 
 
 def _run_session(path: Path, feed: dict) -> dict:
@@ -834,17 +859,17 @@ def _load_ort_generator(out: Path, task: str, graphs: list[str]):
         decoder_with_past_file_name=graphs[2], use_merged=False, **common)
 
 
-def _quantize(out: Path, graphs: list[str], quantization: dict) -> tuple[list[str], dict | None]:
-    """Dynamic int8 (weights int8, activations quantized at run time): no calibration data, and
-    it keeps accuracy where static int8 can destroy it on transformer activations. Encoder graphs
-    get registry/quantize.py's per-token activation scales; generation graphs ORT's quantizer."""
+def _quantize(out: Path, graphs: list[str], quantization: dict,
+              calibration: list[dict] | None) -> tuple[list[str], dict | None]:
+    """Encoder graphs: registry/quantize.py (smoothed weights, activation scales calibrated on
+    ``calibration``). Generation graphs: ORT's dynamic quantizer (no calibration data)."""
     if quantization.get("method"):
         from .quantize import quantize_encoder
 
         done, details = [], None
         for graph in graphs:
             target = graph.replace(".onnx", "_quantized.onnx")
-            details = quantize_encoder(out / graph, out / target,
+            details = quantize_encoder(out / graph, out / target, calibration or [],
                                        external_data=_has_external_data(out, graph))
             done.append(target)
         return done, details

@@ -82,7 +82,7 @@ def test_int8_export_meets_the_floors_on_real_weights(minilm):
     assert (int8["metric"], int8["floor"], int8["mean_floor"]) == ("cosine_similarity", 0.98, 0.99)
     assert int8["value"] >= 0.98 and int8["mean"] >= 0.99
     assert (int8["passed"], int8["forced"]) == (True, False)
-    assert result["recipe"]["quantization"]["method"] == "per-token-activations"
+    assert result["recipe"]["quantization"]["method"] == "smoothquant-static"
     # and on sentences the exporter never saw, through the inference path users take
     fp32, _ = _embed(home, OTHER_TEXTS)
     q, answer = _embed(home, OTHER_TEXTS, precision="int8")
