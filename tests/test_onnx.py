@@ -132,7 +132,7 @@ def test_recipe_row_lineage_and_files(depot, models):
     assert int8.pop("quantized") == {
         "method": "smoothquant-static", "weights": "int8, symmetric, per output channel, smoothed",
         "activations": "uint8, static per tensor, calibrated, smoothed per input channel",
-        "quantized": {"MatMul": 6}, "kept_fp32": {"Attention": 2}, "smoothed_inputs": 4}
+        "quantized": {"Attention": 2, "MatMul": 6}, "kept_fp32": {}, "smoothed_inputs": 6}
     assert int8 == {"metric": "top1_agreement", "value": 1.0, "floor": 0.99, "passed": True,
                     "forced": False}
     assert recipe["validation"]["samples"] == 61  # registry/validation_texts.py
