@@ -1,7 +1,8 @@
 """ONNX export of a depot revision, recorded as a derived revision with its recipe and lineage.
 
 The work is optimum's: its exporter (``onnx_export_from_model``, with its ORT optimizer for
-``optimize``) and its dynamic int8 quantizer (``ORTQuantizer``). What this module adds is the
+``optimize``), registry/quantize.py's int8 for encoders and ORT's dynamic int8 quantizer
+(``ORTQuantizer``) for generation graphs. What this module adds is the
 depot's discipline around it:
 
 * the source is loaded strictly from the depot's snapshot directory (a local path, offline);
@@ -68,7 +69,7 @@ QUANTIZE_MODES = ("int8",)
 DEFAULT_ATOL = 1e-4
 # int8 must agree this well with fp32 on the validation inputs (unless forced): for embeddings
 # both the mean and the minimum cosine over registry/validation_texts.py. The real
-# all-MiniLM-L6-v2 measures 0.9991 / 0.9946 (O2) with registry/quantize.py (docs/onnx.md); tiny
+# all-MiniLM-L6-v2 measures 0.9970 / 0.9873 (O2) with registry/quantize.py (docs/onnx.md); tiny
 # random models may fall short, which is what --min-agreement/--force are for.
 INT8_FLOORS = {"top1_agreement": 0.99, "cosine_similarity": 0.98, "token_agreement": 0.75}
 INT8_MEAN_FLOORS = {"cosine_similarity": 0.99}
@@ -85,8 +86,8 @@ METRIC_LABELS = {"top1_agreement": "top-1 agreement", "cosine_similarity": "cosi
                  "token_agreement": "token agreement"}
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # Generation graphs (past key values, several graphs) keep ORT's dynamic quantizer; encoder
-# graphs get per-token activation scales (registry/quantize.py: accuracy on real weights, and
-# answers that do not depend on the batch).
+# graphs get registry/quantize.py (smoothed weights, calibrated static activation scales:
+# accuracy on real weights, speed, and answers that do not depend on the batch).
 ORT_PER_CHANNEL = False
 GENERATE_TOKENS = 8
 STAGES = ("loading", "exporting", "validating fp32", "quantizing", "validating int8", "storing",

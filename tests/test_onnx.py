@@ -140,6 +140,7 @@ def test_recipe_row_lineage_and_files(depot, models):
     derived = {f["path"]: f["sha256"] for f in depot.resolve("model", "org/clf", "onnx")["files"]}
     assert {f["path"]: f["sha256"] for f in source_files}.items() <= derived.items()
     assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json"} <= set(derived)
+    assert not [p for p in derived if "calibration" in p]  # the calibration graph is temporary
     shown = depot.show("model", "org/clf")
     assert shown["revision"]["derived"] == [result["commit"]]
     assert [r["kind"] for r in shown["revisions"]] == [None, "onnx"]
@@ -259,6 +260,15 @@ def test_failed_validation_registers_nothing_and_says_by_how_much(cli, depot, mo
         r"tolerance 1e-12 \((\S+)x\); nothing was registered\. Pass --atol to accept it\n",
         r.output), r.output
     assert _state(depot) == before and _no_export_dirs(depot)
+
+
+def test_int8_is_calibrated_on_other_texts_than_it_is_validated_on():
+    from registry.quantize import calibration_texts
+    from registry.validation_texts import SENTENCES
+
+    texts = calibration_texts()
+    assert len(texts) == 315 and texts[0] == "Not good, not worth the hassle."  # the train split
+    assert not set(texts) & set(SENTENCES)
 
 
 def test_int8_below_floor_is_refused_unless_forced(cli, depot, models):
