@@ -86,7 +86,7 @@ def quantize_encoder(src: Path, dst: Path, feeds: list[dict], external_data: boo
 
     model = onnx.load(str(src))
     rewrite = _Rewrite(model)
-    ranges = _calibrate(src, dst.parent, list(rewrite.targets), feeds)
+    ranges = _calibrate(src, list(rewrite.targets), feeds) if rewrite.targets else {}
     rewrite.run(ranges)
     if external_data:
         onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -100,7 +100,7 @@ def quantize_encoder(src: Path, dst: Path, feeds: list[dict], external_data: boo
             "smoothed_inputs": rewrite.smoothed}
 
 
-def _calibrate(src: Path, workdir: Path, names: list[str], feeds: list[dict]) -> dict:
+def _calibrate(src: Path, names: list[str], feeds: list[dict]) -> dict:
     """Per channel (min, max) of each tensor in ``names`` over the real tokens of ``feeds``.
     The graph is run by ORT with those tensors as extra outputs, from a file beside ``src`` so
     that external weight files are found."""
@@ -109,11 +109,13 @@ def _calibrate(src: Path, workdir: Path, names: list[str], feeds: list[dict]) ->
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    if not feeds:
+        raise ValueError("no calibration inputs")
     model = onnx.load(str(src), load_external_data=False)
     del model.graph.output[:]
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                               for n in names)
-    path = workdir / f".{src.stem}_calibration.onnx"
+    path = src.parent / f".{src.stem}_calibration.onnx"
     onnx.save(model, str(path))
     try:
         options = ort.SessionOptions()
@@ -163,6 +165,7 @@ class _Rewrite:
                 w = self.weight(node.input[1])
             if w is not None:
                 self.targets.setdefault(node.input[0], []).append((node, w))
+        self.graph_outputs = {o.name for o in self.graph.output}
         self.new_inits: list = []
         self.quantized: dict[str, int] = {}
         self.kept: dict[str, int] = {}
@@ -244,7 +247,7 @@ class _Rewrite:
         from onnx import helper
 
         readers = self.consumers.get(node.output[0], [])
-        if len(readers) != 1:
+        if len(readers) != 1 or node.output[0] in self.graph_outputs:
             return "", None, []
         reader, out = readers[0], node.output[0]
 
@@ -289,13 +292,13 @@ class _Rewrite:
             s = self.smoothing(x, lo, hi, [w for _, w in readers])
             self.smoothed += s is not None
             nodes, xq, scale, zero = self.quantize_input(x, lo, hi, s)
-            before[readers[0][0].name] = nodes
+            before[_key(readers[0][0])] = nodes
             for node, w in readers:
                 p = _prefix(node)
                 wq, wscale = self.int8_weight(p, w if s is None else s[:, None] * w)
                 if node.op_type == "Attention":
                     mask = node.input[3] if len(node.input) > 3 else ""
-                    replaced[node.name] = helper.make_node(
+                    replaced[_key(node)] = helper.make_node(
                         "QAttention", [xq, wq, node.input[2], scale, wscale, mask, zero],
                         list(node.output), name=p + "_int8", domain="com.microsoft",
                         **{a.name: helper.get_attribute_value(a) for a in node.attribute})
@@ -304,22 +307,22 @@ class _Rewrite:
                 bias, reader, instead = self.bias_after(node, w.shape[1])
                 out = node.output[0]
                 if reader is not None:
-                    readers_replaced[reader.name] = instead
+                    readers_replaced[_key(reader)] = instead
                     if not instead:  # a plain Add: the product writes its output
                         out = reader.output[0]
                 inputs = [xq, wq, scale, wscale, zero] + (["", bias] if bias else [])
-                replaced[node.name] = helper.make_node(
+                replaced[_key(node)] = helper.make_node(
                     "MatMulIntegerToFloat", inputs, [out], name=p + "_int8",
                     domain="com.microsoft")
                 self.quantized["MatMul"] = self.quantized.get("MatMul", 0) + 1
         nodes = []
         for node in self.graph.node:
-            if node.name in readers_replaced:
-                nodes.extend(readers_replaced[node.name])
+            if _key(node) in readers_replaced:
+                nodes.extend(readers_replaced[_key(node)])
                 continue
-            nodes.extend(before.get(node.name, []))
-            if node.name in replaced:
-                nodes.append(replaced[node.name])
+            nodes.extend(before.get(_key(node), []))
+            if _key(node) in replaced:
+                nodes.append(replaced[_key(node)])
                 continue
             if node.op_type in ("MatMul", "Attention"):
                 self.kept[node.op_type] = self.kept.get(node.op_type, 0) + 1
@@ -337,6 +340,11 @@ class _Rewrite:
         del self.graph.value_info[:]
 
 
+def _key(node) -> str:
+    """A node's identity in the rewrite: its first output (names may be empty or repeated)."""
+    return node.output[0]
+
+
 def _plain_attention(node) -> bool:
     """An encoder's fused Attention that QAttention can take over: input, weights, bias and at
     most a mask; no past state, attention bias, rotary embedding or separate Q/K/V sizes."""
@@ -346,6 +354,6 @@ def _plain_attention(node) -> bool:
 
 
 def _prefix(node_or_name) -> str:
-    name = node_or_name if isinstance(node_or_name, str) else (node_or_name.name
-                                                               or node_or_name.output[0])
+    """Names for what the rewrite adds: from a tensor name or a node's first output (unique)."""
+    name = node_or_name if isinstance(node_or_name, str) else _key(node_or_name)
     return name.replace("/", "_").replace(":", "_").strip("_")
