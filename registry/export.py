@@ -1,7 +1,8 @@
 """ONNX export of a depot revision, recorded as a derived revision with its recipe and lineage.
 
 The work is optimum's: its exporter (``onnx_export_from_model``, with its ORT optimizer for
-``optimize``) and its dynamic int8 quantizer (``ORTQuantizer``). What this module adds is the
+``optimize``), registry/quantize.py's int8 for encoders and ORT's dynamic int8 quantizer
+(``ORTQuantizer``) for generation graphs. What this module adds is the
 depot's discipline around it:
 
 * the source is loaded strictly from the depot's snapshot directory (a local path, offline);
@@ -68,7 +69,7 @@ QUANTIZE_MODES = ("int8",)
 DEFAULT_ATOL = 1e-4
 # int8 must agree this well with fp32 on the validation inputs (unless forced): for embeddings
 # both the mean and the minimum cosine over registry/validation_texts.py. The real
-# all-MiniLM-L6-v2 measures 0.9991 / 0.9946 (O2) with registry/quantize.py (docs/onnx.md); tiny
+# all-MiniLM-L6-v2 measures 0.9970 / 0.9873 (O2) with registry/quantize.py (docs/onnx.md); tiny
 # random models may fall short, which is what --min-agreement/--force are for.
 INT8_FLOORS = {"top1_agreement": 0.99, "cosine_similarity": 0.98, "token_agreement": 0.75}
 INT8_MEAN_FLOORS = {"cosine_similarity": 0.99}
@@ -85,8 +86,8 @@ METRIC_LABELS = {"top1_agreement": "top-1 agreement", "cosine_similarity": "cosi
                  "token_agreement": "token agreement"}
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # Generation graphs (past key values, several graphs) keep ORT's dynamic quantizer; encoder
-# graphs get per-token activation scales (registry/quantize.py: accuracy on real weights, and
-# answers that do not depend on the batch).
+# graphs get registry/quantize.py (smoothed weights, calibrated static activation scales:
+# accuracy on real weights, speed, and answers that do not depend on the batch).
 ORT_PER_CHANNEL = False
 GENERATE_TOKENS = 8
 STAGES = ("loading", "exporting", "validating fp32", "quantizing", "validating int8", "storing",
@@ -188,9 +189,9 @@ def quantization_inputs(quantize: str | None, task: str) -> dict | None:
     if task in GENERATIVE:
         return {"mode": quantize, "approach": "dynamic", "target": quant_target(),
                 "per_channel": ORT_PER_CHANNEL}
-    from .quantize import METHOD
+    from .quantize import recipe_parameters
 
-    return {"mode": quantize, "approach": "dynamic", "method": METHOD, "per_channel": True,
+    return {"mode": quantize, "approach": "static", **recipe_parameters(), "per_channel": True,
             "validation_texts": _validation_texts_digest()}
 
 
@@ -556,7 +557,8 @@ def _build(plan: ExportPlan, out: Path, *, atol: float, force: bool, step: Progr
     if plan.quantize:
         step("quantizing")
         try:
-            qgraphs, quantized = _quantize(out, graphs, plan.quantization)
+            calibration = None if generative else _calibration_inputs(tokenizer, model.config)
+            qgraphs, quantized = _quantize(out, graphs, plan.quantization, calibration)
         except Exception as e:
             raise InvalidInput(f"int8 quantization failed: {_first_line(e)}; try a lower "
                                "--optimize level with --quantize") from e
@@ -684,6 +686,30 @@ def _encoder_inputs(tokenizer, config, task: str) -> dict:
     feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
     feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
     return feed
+
+
+def _calibration_inputs(tokenizer, config, batch: int = 32) -> list[dict]:
+    """Padded numpy batches of registry/quantize.py's calibration texts (random ids without a
+    tokenizer), tokenized like the validation inputs."""
+    import numpy as np
+
+    from .quantize import calibration_texts
+
+    if tokenizer is None:  # other ids than the validation's (_synthetic_ids draws with seed 0)
+        vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+        ids = np.random.default_rng(1).integers(low=min(5, vocab - 1), high=vocab, size=(64, 16),
+                                                dtype=np.int64)
+        return [{"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids)}]
+    texts = calibration_texts()
+    feeds = []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(texts[start:start + batch], padding=True, truncation=True,
+                        max_length=128, return_tensors="np")
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+        feeds.append(feed)
+    return feeds
 
 
 def _run_session(path: Path, feed: dict) -> dict:
@@ -834,17 +860,17 @@ def _load_ort_generator(out: Path, task: str, graphs: list[str]):
         decoder_with_past_file_name=graphs[2], use_merged=False, **common)
 
 
-def _quantize(out: Path, graphs: list[str], quantization: dict) -> tuple[list[str], dict | None]:
-    """Dynamic int8 (weights int8, activations quantized at run time): no calibration data, and
-    it keeps accuracy where static int8 can destroy it on transformer activations. Encoder graphs
-    get registry/quantize.py's per-token activation scales; generation graphs ORT's quantizer."""
+def _quantize(out: Path, graphs: list[str], quantization: dict,
+              calibration: list[dict] | None) -> tuple[list[str], dict | None]:
+    """Encoder graphs: registry/quantize.py (smoothed weights, activation scales calibrated on
+    ``calibration``). Generation graphs: ORT's dynamic quantizer (no calibration data)."""
     if quantization.get("method"):
         from .quantize import quantize_encoder
 
         done, details = [], None
         for graph in graphs:
             target = graph.replace(".onnx", "_quantized.onnx")
-            details = quantize_encoder(out / graph, out / target,
+            details = quantize_encoder(out / graph, out / target, calibration or [],
                                        external_data=_has_external_data(out, graph))
             done.append(target)
         return done, details

@@ -23,6 +23,7 @@ from registry.depot import FileRecord, compute_commit
 from registry.export import export_onnx, recipe_inputs, recipe_key
 from registry.importer import import_dir
 from registry.models import Artifact, Revision
+from registry.quantize import calibration_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FP32 = {"text2text-generation": ["onnx/encoder_model.onnx", "onnx/decoder_model.onnx",
@@ -120,13 +121,18 @@ def test_recipe_row_lineage_and_files(depot, models):
                                    "transformers", "torch")}
     assert (recipe["task"], recipe["optimize"], recipe["quantize"]) == (
         "text-classification", "O2", "int8")
-    assert recipe["quantization"]["approach"] == "dynamic"
+    assert recipe["quantization"] == {
+        "mode": "int8", "approach": "static", "method": "smoothquant-static",
+        "smoothing_alpha": {"layer_norm": 0.6, "activation": 0.7, "other": 0.0},
+        "calibration": {"texts": "registry/data/sentiment, split train", "rows": 315,
+                        "sha256": calibration_digest()},
+        "per_channel": True, "validation_texts": recipe["quantization"]["validation_texts"]}
     assert recipe["opset"] == 18 and recipe["duration_s"] > 0
     int8 = dict(recipe["validation"]["int8"])
     assert int8.pop("quantized") == {
-        "method": "per-token-activations", "weights": "int8, symmetric, per output channel",
-        "activations": "uint8, dynamic, asymmetric, per token", "quantized": {"MatMul": 6},
-        "kept_fp32": {"Attention": 2}}
+        "method": "smoothquant-static", "weights": "int8, symmetric, per output channel, smoothed",
+        "activations": "uint8, static per tensor, calibrated, smoothed per input channel",
+        "quantized": {"Attention": 2, "MatMul": 6}, "kept_fp32": {}, "smoothed_inputs": 6}
     assert int8 == {"metric": "top1_agreement", "value": 1.0, "floor": 0.99, "passed": True,
                     "forced": False}
     assert recipe["validation"]["samples"] == 61  # registry/validation_texts.py
@@ -134,6 +140,7 @@ def test_recipe_row_lineage_and_files(depot, models):
     derived = {f["path"]: f["sha256"] for f in depot.resolve("model", "org/clf", "onnx")["files"]}
     assert {f["path"]: f["sha256"] for f in source_files}.items() <= derived.items()
     assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/config.json"} <= set(derived)
+    assert not [p for p in derived if "calibration" in p]  # the calibration graph is temporary
     shown = depot.show("model", "org/clf")
     assert shown["revision"]["derived"] == [result["commit"]]
     assert [r["kind"] for r in shown["revisions"]] == [None, "onnx"]
@@ -253,6 +260,15 @@ def test_failed_validation_registers_nothing_and_says_by_how_much(cli, depot, mo
         r"tolerance 1e-12 \((\S+)x\); nothing was registered\. Pass --atol to accept it\n",
         r.output), r.output
     assert _state(depot) == before and _no_export_dirs(depot)
+
+
+def test_int8_is_calibrated_on_other_texts_than_it_is_validated_on():
+    from registry.quantize import calibration_texts
+    from registry.validation_texts import SENTENCES
+
+    texts = calibration_texts()
+    assert len(texts) == 315 and texts[0] == "Not good, not worth the hassle."  # the train split
+    assert not set(texts) & set(SENTENCES)
 
 
 def test_int8_below_floor_is_refused_unless_forced(cli, depot, models):

@@ -33,7 +33,7 @@ def onnx_group():
               help="ONNX Runtime graph optimization: O1 basic, O2 also fuses attention and "
                    "layer norms, O3 also approximates GELU.")
 @click.option("--quantize", type=click.Choice(["int8"]),
-              help="Also write a dynamic int8 variant (onnx/model_quantized.onnx).")
+              help="Also write an int8 variant (onnx/model_quantized.onnx).")
 @click.option("--ref", default="onnx", show_default=True,
               help="Alias to point at the derived revision (clients use it as a revision).")
 @click.option("--atol", type=float, default=1e-4, show_default=True,
