@@ -345,7 +345,7 @@ class Proxy:
             await asyncio.to_thread(self._enforce_flags, request, repo_type, name, True)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
-            if is_special_ref(t.rev):
+            if is_special_ref(t.rev) and local is not None:
                 request = _at_commit(request, local.commit)
             if local is None:  # just recorded
                 local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name,
@@ -414,7 +414,7 @@ class Proxy:
                 return error_response(e)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
-            if t.action not in ("info", "refs") and is_special_ref(t.rev):
+            if t.action not in ("info", "refs") and is_special_ref(t.rev) and local is not None:
                 request = _at_commit(request, local.commit)
             if t.action == "refs":
                 return await self.upstream_refs(request, handler, repo_type, name)
