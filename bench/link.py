@@ -3,7 +3,7 @@
     python bench/link.py --listen PORT --to HOST:PORT --rate 1Gbit
 
 Everything the server sends back, over all connections together, is held to ``--rate`` (a
-token bucket with a 256 KiB burst): what a mirror sees of a remote Hub is its link, not the
+token bucket with a 4 MiB burst): what a mirror sees of a remote Hub is its link, not the
 loopback's few GB/s. Requests go through unshaped. ``bench_proxy.py`` puts the same relay in
 front of the upstream for the direct download and for the proxy alike, so both pay its cost.
 """

@@ -44,7 +44,7 @@ from .errors import (
 from .cacheview import is_short_id_of, write_short_refs
 from .importer import is_lfs
 from .models import File
-from .naming import is_commit, validate_ref_name, validate_repo_id, validate_repo_type
+from .naming import is_commit, is_hub_ref, validate_ref_name, validate_repo_id, validate_repo_type
 from .store import CHUNK, Digest, Hasher, check_relpath, git_blob_sha1, hash_file, lfs_pointer
 from .units import human_size, iso_z
 
@@ -746,8 +746,8 @@ def _refs_to_record(requested: str | None, commit: str,
         out[requested] = "tag" if refs and requested in refs["tags"] else "branch"
     valid = []
     for ref, kind in out.items():
-        if ref.startswith(("refs/pr/", "refs/convert/")):
-            continue  # the Hub's own names for a pull request or conversion: not a branch here
+        if is_hub_ref(ref):
+            continue
         try:
             validate_ref_name(ref)
         except InvalidInput:

@@ -30,6 +30,12 @@ def validate_repo_id(name: str) -> str:
     return name
 
 
+def is_hub_ref(rev: str | None) -> bool:
+    """``refs/pr/N``, ``refs/convert/X``: names the Hub resolves for a pull request or a
+    conversion; the registry records the commit, never the name as a branch."""
+    return rev is not None and rev.startswith(("refs/pr/", "refs/convert/"))
+
+
 def validate_ref_name(name: str) -> str:
     if (
         not name

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import select
 
@@ -263,20 +263,25 @@ def record_revision(depot: Depot, cfg: ProxyConfig, repo_type: str, name: str,
     return canonical, commit
 
 
-def upstream_refs(cfg: ProxyConfig, repo_type: str, name: str, prs: bool) -> dict:
-    """The upstream's ``/refs`` answer for ``name`` (``pullRequests`` too when ``prs``), each
-    group a list of {name, ref, targetCommit}. Raises a Hub-shaped error on failure."""
+def upstream_json(cfg: ProxyConfig, path: str, timeout) -> Any:
+    """GET ``path`` (``/api/...``) of the upstream with the proxy's own token, as JSON. Raises
+    what huggingface_hub raises (``upstream_failure`` maps it)."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    url = f"{cfg.upstream}/api/{repo_type}s/{name}/refs" + ("?include_prs=1" if prs else "")
+    headers = build_hf_headers(token=cfg.token or False, library_name="modeldepot")
+    r = get_session().get(cfg.upstream + path, headers=headers, timeout=timeout)
+    hf_raise_for_status(r)
+    return r.json()
+
+
+def upstream_refs(cfg: ProxyConfig, repo_type: str, name: str) -> dict:
+    """The upstream's ``/refs`` answer for ``name``, pull requests included, each group a list
+    of {name, ref, targetCommit}. Raises a Hub-shaped error on failure."""
     try:
-        r = get_session().get(url, headers=build_hf_headers(token=cfg.token or False,
-                                                            library_name="modeldepot"),
-                              timeout=METADATA_TIMEOUT)
-        hf_raise_for_status(r)
-        body = r.json()
+        body = upstream_json(cfg, f"/api/{repo_type}s/{name}/refs?include_prs=1",
+                             METADATA_TIMEOUT)
         out = {}
-        for group in ("branches", "converts", "tags") + (("pullRequests",) if prs else ()):
+        for group in ("branches", "converts", "tags", "pullRequests"):
             out[group] = [{"name": str(i["name"]), "ref": str(i["ref"]),
                            "targetCommit": str(i["targetCommit"])}
                           for i in body.get(group) or [] if is_commit(i.get("targetCommit", ""))]

@@ -36,6 +36,7 @@ from .. import proxy as lib
 from ..depot import Depot
 from ..errors import DepotError, OfflineError, RepoNotFound
 from ..models import Repo
+from ..naming import is_hub_ref
 from . import hub_api
 from .app import DEPOT, SETTINGS
 from .ops import METRICS
@@ -213,7 +214,7 @@ class Proxy:
             if self.offline:
                 raise OfflineError(f"{lib.label(repo_type, name)}@{rev or 'main'} is not in the "
                                    "depot, and the depot is offline (MODELDEPOT_OFFLINE)")
-            canonical, _commit = await self.flights.run(
+            canonical, commit = await self.flights.run(
                 "metadata", ("meta",) + key,
                 lambda: self._thread(lib.record_revision, self.depot, self.cfg, repo_type, name, rev))
         except DepotError as e:
@@ -226,14 +227,14 @@ class Proxy:
         self.checked[key] = time.monotonic()
         if canonical != name:
             self.checked[(repo_type, canonical, rev or "main")] = self.checked[key]
-        if is_special_ref(rev):
-            self.special[(repo_type, name, rev)] = self.special[(repo_type, canonical, rev)] = _commit
+        if is_hub_ref(rev):
+            self.special[(repo_type, name, rev)] = self.special[(repo_type, canonical, rev)] = commit
             return canonical, await asyncio.to_thread(lib.local_revision, self.depot, repo_type,
-                                                      canonical, _commit)
+                                                      canonical, commit)
         return canonical, None
 
     async def _local(self, repo_type: str, name: str, rev: str | None) -> lib.LocalRev | None:
-        if not is_special_ref(rev):
+        if not is_hub_ref(rev):
             return await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name, rev)
         # refs/pr/N and refs/convert/X are no ref names of the registry: the commit the upstream
         # gave for one is kept here, re-resolved after the TTL like a branch.
@@ -345,7 +346,7 @@ class Proxy:
             await asyncio.to_thread(self._enforce_flags, request, repo_type, name, True)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
-            if is_special_ref(t.rev) and local is not None:
+            if is_hub_ref(t.rev) and local is not None:
                 request = _at_commit(request, local.commit)
             if local is None:  # just recorded
                 local = await asyncio.to_thread(lib.local_revision, self.depot, repo_type, name,
@@ -414,7 +415,7 @@ class Proxy:
                 return error_response(e)
             if name != t.repo:
                 request = _renamed(request, t.repo, name)
-            if t.action not in ("info", "refs") and is_special_ref(t.rev) and local is not None:
+            if t.action not in ("info", "refs") and is_hub_ref(t.rev) and local is not None:
                 request = _at_commit(request, local.commit)
             if t.action == "refs":
                 return await self.upstream_refs(request, handler, repo_type, name)
@@ -436,7 +437,7 @@ class Proxy:
             self.metrics.misses.labels("metadata").inc()
             try:
                 body = await self.flights.run("metadata", ("refs",) + key, lambda: self._thread(
-                    lib.upstream_refs, self.cfg, repo_type, name, True))
+                    lib.upstream_refs, self.cfg, repo_type, name))
                 seen = self.refs[key] = (time.monotonic(), body)
             except DepotError as e:
                 self._failed(e)
@@ -470,13 +471,8 @@ class Proxy:
         return web.json_response(merged)
 
     def _upstream_search(self, kind: str, query: str) -> list:
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-        headers = build_hf_headers(token=self.cfg.token or False, library_name="modeldepot")
-        r = get_session().get(f"{self.cfg.upstream}/api/{kind}" + (f"?{query}" if query else ""),
-                              headers=headers, timeout=SEARCH_TIMEOUT)
-        hf_raise_for_status(r)
-        body = r.json()
+        body = lib.upstream_json(self.cfg, f"/api/{kind}" + (f"?{query}" if query else ""),
+                                 SEARCH_TIMEOUT)
         if not isinstance(body, list):
             raise ValueError("the upstream's search answer is not a list")
         return [item for item in body if isinstance(item, dict)]
@@ -516,11 +512,6 @@ def _range_start(header: str | None, size: int) -> int | None:
         if first.isdigit() and not last and int(first) < size:
             return int(first)
     return None
-
-
-def is_special_ref(rev: str | None) -> bool:
-    """``refs/pr/N``, ``refs/convert/X``: the Hub resolves them, the registry cannot name them."""
-    return rev is not None and rev.startswith(("refs/pr/", "refs/convert/"))
 
 
 _SPECIAL_IN_PATH = re.compile(r"/(resolve|revision|tree|paths-info)/refs(?:/|%2[fF])(pr|convert)"
