@@ -60,6 +60,22 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait(timeout=timeout)
 
 
+def kill_when_reached(script: str, marker: Path, timeout: float = 240.0) -> None:
+    """Run ``python -c script marker`` from the repo root and SIGKILL it as soon as it has
+    created ``marker`` (the point the test wants to interrupt); fails, with its output, if it
+    ends or runs past ``timeout`` first."""
+    proc = subprocess.Popen([sys.executable, "-c", script, str(marker)], cwd=ROOT,
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.stdout.read().decode() if proc.poll() is not None else ""
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def running_server(
     home: Path,

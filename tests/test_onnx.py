@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from registry.export import export_onnx, recipe_inputs, recipe_key
 from registry.importer import import_dir
 from registry.models import Artifact, Revision
 from registry.quantize import calibration_digest
+from serverutil import kill_when_reached
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FP32 = {"text2text-generation": ["onnx/encoder_model.onnx", "onnx/decoder_model.onnx",
@@ -354,17 +353,7 @@ export_onnx(Depot(Settings.from_env()), "model", "org/clf", quantize="int8", pro
 def test_killed_export_leaves_nothing_visible_and_rerun_works(cli, depot, models, tmp_path):
     commit = _import(depot, models, "classifier", "org/clf")
     before = _state(depot)
-    marker = tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(marker)], cwd=ROOT,
-                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert marker.exists(), proc.stdout.read().decode() if proc.poll() is not None else ""
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when_reached(KILL_SCRIPT, tmp_path / "reached")
 
     assert before[2] == sorted(["main", commit[:7]])  # the ref and the short id (cacheview.py)
     assert _state(depot) == before  # no revision, ref or blob is registered...
